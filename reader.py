@@ -1,0 +1,309 @@
+"""The Stanford Online Products list format, the training samplers and the batch readers.
+
+List files (`Ebay_train.txt`, `Ebay_test.txt`) start with the header `image_id class_id super_class_id path` and
+hold one image per line, the path relative to the data root. Training labels are `class_id - 1`, as the original;
+test and infer keep `class_id`, which only has to tell classes apart.
+
+Sampling, by loss:
+- softmax, arcmargin: a shuffled list of all images, reshuffled every epoch;
+- triplet: consecutive (anchor, positive, negative) triples;
+- quadruplet, eml, npairs: class-balanced batches, `batch_size / samples_each_class` classes with
+  `samples_each_class` images each, consecutive in the batch. Classes with fewer images than that are left out of
+  sampling (a warning counts them): repeating an image would make a trivially easy positive pair.
+Every sampler is a pure function of (seed, batch index), so a resumed run draws the very batches it would have drawn,
+and so does augmentation: its random generator is seeded per batch, not per worker, so the decoded batches are the
+same whatever the number of workers.
+"""
+import collections
+import os
+import sys
+import warnings
+
+import numpy as np
+
+import image_ops
+from worker_pool import OrderedWorkerPool
+
+LIST_HEADER = ("image_id", "class_id", "super_class_id", "path")
+TRAIN_LIST = "Ebay_train.txt"
+TEST_LIST = "Ebay_test.txt"
+ELEMENT_LOSSES = ("softmax", "arcmargin")
+CLASS_BALANCED_LOSSES = ("quadruplet", "eml", "npairs")
+# Independent random streams derived from the one --seed.
+SAMPLING_STREAM, AUGMENT_STREAM = 1, 2
+MAX_REPLACEMENT_TRIES = 10
+
+
+class ListFormatError(ValueError):
+    """A list file that cannot be read; the message starts with `file:line:`."""
+
+
+class TooManyBadImagesError(RuntimeError):
+    """Training met more unreadable images than --max_bad_images allows."""
+
+
+ImageList = collections.namedtuple("ImageList", "list_path data_root image_ids class_ids super_class_ids paths")
+
+
+def read_image_list(list_path, data_root=None):
+    """Parses an SOP list file; `data_root` defaults to the list's directory. Paths come back absolute."""
+    data_root = os.path.dirname(os.path.abspath(list_path)) if data_root is None else data_root
+    try:
+        with open(list_path, "rb") as list_file:
+            raw = list_file.read()
+    except OSError as error:
+        raise ListFormatError("%s: cannot read the list file: %s" % (list_path, error.strerror)) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line_number = raw[:error.start].count(b"\n") + 1
+        raise ListFormatError("%s:%d: not UTF-8 text" % (list_path, line_number)) from None
+
+    def fail(line_number, problem):
+        raise ListFormatError("%s:%d: %s" % (list_path, line_number, problem))
+
+    image_ids, class_ids, super_class_ids, paths = [], [], [], []
+    first_line_of_id = {}
+    header_seen = False
+    last_line = 0
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        last_line = line_number
+        fields = line.split()
+        if not fields:
+            continue
+        if not header_seen:
+            if tuple(fields) != LIST_HEADER:
+                fail(line_number, "expected the header %r, got %r" % (" ".join(LIST_HEADER), line.strip()))
+            header_seen = True
+            continue
+        if len(fields) != 4:
+            fail(line_number, "expected 4 fields (%s), got %d" % (" ".join(LIST_HEADER), len(fields)))
+        try:
+            image_id, class_id, super_class_id = (int(field) for field in fields[:3])
+        except ValueError:
+            fail(line_number, "image_id, class_id and super_class_id must be integers, got %r" % line.strip())
+        if min(image_id, class_id, super_class_id) < 1:
+            fail(line_number, "ids are 1-based, got %r" % line.strip())
+        if image_id in first_line_of_id:
+            fail(line_number, "image_id %d repeats line %d" % (image_id, first_line_of_id[image_id]))
+        first_line_of_id[image_id] = line_number
+        relative = os.path.normpath(fields[3])
+        if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
+            fail(line_number, "path %r leaves the data root %s" % (fields[3], data_root))
+        image_ids.append(image_id)
+        class_ids.append(class_id)
+        super_class_ids.append(super_class_id)
+        paths.append(os.path.join(data_root, relative))
+    if not header_seen:
+        fail(max(last_line, 1), "empty list file: expected the header %r" % " ".join(LIST_HEADER))
+    if not paths:
+        fail(last_line, "no images listed after the header")
+    return ImageList(list_path, data_root, np.array(image_ids, dtype=np.int64), np.array(class_ids, dtype=np.int64),
+                     np.array(super_class_ids, dtype=np.int64), paths)
+
+
+def batch_rng(seed, stream, batch_index):
+    return np.random.default_rng([seed, stream, batch_index])
+
+
+class ShuffledSampler:
+    """softmax/arcmargin: consecutive slices of an endless stream of per-epoch permutations of all images."""
+
+    def __init__(self, labels, batch_size, seed):
+        self.num_images = len(labels)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._permutations = {}
+
+    def _permutation(self, epoch):
+        if epoch not in self._permutations:
+            self._permutations = {key: value for key, value in self._permutations.items() if key >= epoch - 1}
+            self._permutations[epoch] = batch_rng(self.seed, SAMPLING_STREAM, epoch).permutation(self.num_images)
+        return self._permutations[epoch]
+
+    def batch(self, batch_index):
+        positions = np.arange(batch_index * self.batch_size, (batch_index + 1) * self.batch_size)
+        epochs, offsets = np.divmod(positions, self.num_images)
+        return np.array([self._permutation(epoch)[offset] for epoch, offset in zip(epochs, offsets)])
+
+
+def indices_by_class(labels):
+    order = np.argsort(labels, kind="stable")
+    classes, starts = np.unique(labels[order], return_index=True)
+    return dict(zip(classes.tolist(), np.split(order, starts[1:])))
+
+
+class TripletSampler:
+    """triplet: anchors from the shuffled stream, a different image of the anchor's class, an image of another."""
+
+    def __init__(self, labels, batch_size, seed):
+        if batch_size % 3:
+            raise ValueError("--train_batch_size=%d must be a multiple of 3 for triplet (anchor, positive, "
+                             "negative)" % batch_size)
+        self.labels = labels
+        self.by_class = indices_by_class(labels)
+        self.classes = np.array(sorted(self.by_class))
+        anchor_pool = np.concatenate([idx for idx in self.by_class.values() if len(idx) >= 2] or [[]]).astype(int)
+        if len(anchor_pool) == 0 or len(self.classes) < 2:
+            raise ValueError("triplet needs at least one class with 2 images and at least 2 classes")
+        self.anchor_pool = np.sort(anchor_pool)
+        self.anchors = ShuffledSampler(self.anchor_pool, batch_size // 3, seed)
+        self.seed = seed
+
+    def batch(self, batch_index):
+        rng = batch_rng(self.seed, SAMPLING_STREAM + 10, batch_index)
+        triples = []
+        for anchor in self.anchor_pool[self.anchors.batch(batch_index)]:
+            anchor_class = self.labels[anchor]
+            same = self.by_class[anchor_class]
+            positive = rng.choice(same[same != anchor])
+            other_classes = self.classes[self.classes != anchor_class]
+            negative = rng.choice(self.by_class[rng.choice(other_classes)])
+            triples.extend((anchor, positive, negative))
+        return np.array(triples)
+
+
+class ClassBalancedSampler:
+    """quadruplet/eml/npairs: each batch is `batch_size / samples_each_class` distinct classes × that many images.
+
+    Classes are visited in a fresh random order each epoch, the tail that does not fill a batch dropped.
+    """
+
+    def __init__(self, labels, batch_size, samples_each_class, seed):
+        if samples_each_class < 1 or batch_size % samples_each_class:
+            raise ValueError("--train_batch_size=%d must be a multiple of --samples_each_class=%d"
+                             % (batch_size, samples_each_class))
+        by_class = indices_by_class(labels)
+        self.samples_each_class = samples_each_class
+        self.classes_per_batch = batch_size // samples_each_class
+        self.class_images = [idx for _, idx in sorted(by_class.items()) if len(idx) >= samples_each_class]
+        too_small = len(by_class) - len(self.class_images)
+        if too_small:
+            warnings.warn("%d of %d classes have fewer than --samples_each_class=%d images and are left out of "
+                          "class-balanced sampling" % (too_small, len(by_class), samples_each_class))
+        if len(self.class_images) < self.classes_per_batch:
+            raise ValueError("--train_batch_size=%d / --samples_each_class=%d needs %d classes per batch, but only %d "
+                             "classes have at least %d images" % (batch_size, samples_each_class,
+                                                                  self.classes_per_batch, len(self.class_images),
+                                                                  samples_each_class))
+        self.batches_per_epoch = len(self.class_images) // self.classes_per_batch
+        self.seed = seed
+
+    def batch(self, batch_index):
+        epoch, position = divmod(batch_index, self.batches_per_epoch)
+        class_order = batch_rng(self.seed, SAMPLING_STREAM, epoch).permutation(len(self.class_images))
+        chosen = class_order[position * self.classes_per_batch:(position + 1) * self.classes_per_batch]
+        rng = batch_rng(self.seed, SAMPLING_STREAM + 20, batch_index)
+        return np.concatenate([rng.choice(self.class_images[c], self.samples_each_class, replace=False)
+                               for c in chosen])
+
+
+def make_sampler(loss_name, labels, batch_size, samples_each_class, seed):
+    if loss_name in ELEMENT_LOSSES:
+        return ShuffledSampler(labels, batch_size, seed)
+    if loss_name == "triplet":
+        return TripletSampler(labels, batch_size, seed)
+    if loss_name in CLASS_BALANCED_LOSSES:
+        return ClassBalancedSampler(labels, batch_size, samples_each_class, seed)
+    raise ValueError("unknown --loss_name=%s" % loss_name)
+
+
+class BatchDecoder:
+    """The work a reader worker does: decode and transform the images of one batch into a shared slot.
+
+    Training replaces an unreadable image by another of its class (or any image) and reports the bad path;
+    test and infer raise, naming the file, since every image must be scored.
+    """
+
+    def __init__(self, image_list, labels, train, crop_scale_min=0.08, random_flip=True, rotate=False):
+        self.paths = image_list.paths
+        self.labels = labels
+        self.train = train
+        self.crop_scale_min = crop_scale_min
+        self.random_flip = random_flip
+        self.rotate = rotate
+        self.by_class = indices_by_class(labels) if train else None
+
+    def __call__(self, task, out):
+        batch_index, indices, seed = task
+        rng = batch_rng(seed, AUGMENT_STREAM, batch_index)
+        bad_paths = []
+        for row, index in enumerate(indices):
+            if not self.train:
+                image_ops.process_test_image(image_ops.load_rgb(self.paths[index]), out[row])
+                continue
+            image = self._load_or_replace(index, rng, bad_paths)
+            image_ops.process_train_image(image, out[row], self.crop_scale_min, self.random_flip, self.rotate, rng)
+        return len(indices), (self.labels[indices].reshape(-1, 1), bad_paths)
+
+    def _load_or_replace(self, index, rng, bad_paths):
+        for attempt in range(MAX_REPLACEMENT_TRIES):
+            try:
+                return image_ops.load_rgb(self.paths[index])
+            except image_ops.BadImageError as error:
+                bad_paths.append(str(error))
+            same_class = self.by_class[self.labels[index]]
+            index = rng.choice(same_class) if attempt < MAX_REPLACEMENT_TRIES // 2 else rng.integers(len(self.paths))
+        raise image_ops.BadImageError(self.paths[index], "no readable replacement found after %d tries"
+                                      % MAX_REPLACEMENT_TRIES)
+
+
+def _run_batches(decoder, tasks, num_workers, batch_size, image_shape, max_bad_images=None):
+    bad_seen = 0
+    with OrderedWorkerPool(decoder, num_workers, (batch_size,) + tuple(image_shape)) as pool:
+        for images, (labels, bad_paths) in pool.imap(tasks):
+            for bad in bad_paths:
+                bad_seen += 1
+                print("warning: bad image replaced (%d so far): %s" % (bad_seen, bad), file=sys.stderr, flush=True)
+            if max_bad_images is not None and bad_seen > max_bad_images:
+                raise TooManyBadImagesError("%d unreadable images, more than --max_bad_images=%d; last: %s"
+                                            % (bad_seen, max_bad_images, bad_paths[-1]))
+            yield images, labels
+
+
+def train_batches(data_dir, loss_name, batch_size, image_shape, samples_each_class=2, num_workers=2, seed=0,
+                  crop_scale_min=0.08, random_flip=True, rotate=False, max_bad_images=100, start_batch=0,
+                  rank=0, world_size=1):
+    """Endless training batches `(images N×C×H×W float32, labels N×1 int64)` from `data_dir/Ebay_train.txt`.
+
+    `start_batch` resumes the stream; with `world_size > 1` each rank gets its own contiguous share of every global
+    batch, so class-balanced groups stay whole when `batch_size / world_size` is a multiple of samples_each_class.
+    """
+    image_list = read_image_list(os.path.join(data_dir, TRAIN_LIST), data_dir)
+    labels = image_list.class_ids - 1
+    sampler = make_sampler(loss_name, labels, batch_size, samples_each_class, seed)
+    per_rank = batch_size // world_size
+
+    def tasks():
+        batch_index = start_batch
+        while True:
+            indices = sampler.batch(batch_index)[rank * per_rank:(rank + 1) * per_rank]
+            yield batch_index, indices, seed
+            batch_index += 1
+
+    decoder = BatchDecoder(image_list, labels, train=True, crop_scale_min=crop_scale_min,
+                           random_flip=random_flip, rotate=rotate)
+    yield from _run_batches(decoder, tasks(), num_workers, per_rank, image_shape, max_bad_images)
+
+
+def _sequential_tasks(num_images, batch_size):
+    for batch_index, start in enumerate(range(0, num_images, batch_size)):
+        yield batch_index, np.arange(start, min(start + batch_size, num_images)), 0
+
+
+def eval_batches(data_dir, batch_size, image_shape, num_workers=2, list_name=TEST_LIST):
+    """Every image of the test list, in file order: `(images, class_ids N×1 int64)`, the last batch possibly short."""
+    image_list = read_image_list(os.path.join(data_dir, list_name), data_dir)
+    decoder = BatchDecoder(image_list, image_list.class_ids, train=False)
+    yield from _run_batches(decoder, _sequential_tasks(len(image_list.paths), batch_size), num_workers,
+                            batch_size, image_shape)
+
+
+def infer_batches(data_dir, batch_size, image_shape, num_workers=2, list_name=TEST_LIST):
+    """Every image of the list in file order, with its path instead of a label: `(images, [paths])`."""
+    image_list = read_image_list(os.path.join(data_dir, list_name), data_dir)
+    paths = np.array(image_list.paths, dtype=object)
+    decoder = BatchDecoder(image_list, paths, train=False)
+    for images, batch_paths in _run_batches(decoder, _sequential_tasks(len(paths), batch_size), num_workers,
+                                            batch_size, image_shape):
+        yield images, batch_paths.reshape(-1).tolist()

@@ -1,0 +1,92 @@
+"""Flags, timing and metrics helpers shared by every script."""
+import argparse
+import os
+import sys
+import time
+
+# Importing paddle forces OMP_NUM_THREADS=1 when it is unset, which makes CPU training single-threaded.
+# Every script and the test suite import this module before paddle, so the default here is all cores.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, str(os.cpu_count() or 1))
+
+TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
+FALSE_WORDS = ("false", "f", "no", "n", "0", "off")
+
+
+def str2bool(text):
+    """Parses a boolean flag value; distutils.util.strtobool is gone from new Pythons."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError("expected True/False, 1/0 or yes/no, got %r" % text)
+
+
+def add_arguments(argname, type, default, help, argparser, **kwargs):
+    """Adds `--argname` to `argparser`, in the original suite's call form.
+
+    Booleans accept True/False/1/0/yes/no, as `--use_gpu=False` in the README.
+    """
+    type = str2bool if type == bool else type
+    argparser.add_argument(
+        "--" + argname,
+        default=default,
+        type=type,
+        help=help + " Default: %(default)s.",
+        **kwargs)
+
+
+def print_arguments(args):
+    """Prints every flag and its value, one per line, as the original did at start-up."""
+    print("-----------  Configuration Arguments -----------")
+    for name, value in sorted(vars(args).items()):
+        print("%s: %s" % (name, value))
+    print("------------------------------------------------")
+    sys.stdout.flush()
+
+
+def fmt_time():
+    """The timestamp at the start of every log line."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+
+
+def log(message):
+    """Prints one log line with the original's `[time] message` format, flushed at once."""
+    print("[%s] %s" % (fmt_time(), message), flush=True)
+
+
+def parse_int_list(text):
+    """Parses a comma-separated list of integers such as `--lr_steps=15000,25000`."""
+    if isinstance(text, (list, tuple)):
+        return [int(value) for value in text]
+    try:
+        return [int(value) for value in str(text).split(",") if value.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected comma-separated integers, got %r" % text)
+
+
+def parse_image_shape(text):
+    """Parses `--image_shape=3,224,224` into (channels, height, width)."""
+    shape = parse_int_list(text)
+    if len(shape) != 3 or min(shape) <= 0:
+        raise argparse.ArgumentTypeError("expected C,H,W with three positive integers, got %r" % text)
+    return tuple(shape)
+
+
+def cuda_is_compiled():
+    import paddle
+    return paddle.is_compiled_with_cuda()
+
+
+def flag_error(flag, message):
+    """Stops the script with a one-line error naming the flag, and argparse's exit code 2."""
+    sys.stderr.write("error: --%s: %s\n" % (flag, message))
+    sys.exit(2)
+
+
+def check_cuda(use_gpu):
+    """Fails with a clear message when --use_gpu=True is asked of a CPU build of Paddle."""
+    if use_gpu and not cuda_is_compiled():
+        flag_error("use_gpu", "True, but this PaddlePaddle is a CPU build. Run with --use_gpu=False, "
+                   "or install paddlepaddle-gpu (same major version).")

@@ -1,0 +1,165 @@
+"""An ordered pool of decoding processes writing batches into shared memory.
+
+The main process hands out `(sequence number, slot, task)`; a worker runs `work(task, slot_array)`, which fills the
+slot in place and returns `(rows_used, metadata)`; results come back in task order whatever worker finished first.
+The number of slots bounds both memory and how far decoding runs ahead of training. Slots are shared-memory
+arrays made before the fork, so a batch of images crosses processes without being pickled.
+"""
+import multiprocessing
+import os
+import queue
+import signal
+import traceback
+from multiprocessing import shared_memory
+
+import numpy as np
+
+RESULT_POLL_SECONDS = 0.2
+WORKER_IDLE_POLL_SECONDS = 1.0
+JOIN_SECONDS = 2.0
+
+
+class WorkerError(RuntimeError):
+    """A worker raised: the message carries the worker's own traceback."""
+
+
+class WorkerDiedError(RuntimeError):
+    """A worker process vanished (killed, out of memory) without reporting an error."""
+
+
+def _worker_loop(work, slots, task_queue, result_queue, parent_pid):
+    # Ctrl-C reaches the whole process group; only the main process decides how to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        try:
+            item = task_queue.get(timeout=WORKER_IDLE_POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                return
+            continue
+        if item is None:
+            return
+        sequence, slot, task = item
+        try:
+            rows, metadata = work(task, slots[slot])
+            result_queue.put((sequence, slot, rows, metadata, None))
+        except Exception:
+            result_queue.put((sequence, slot, 0, None, traceback.format_exc()))
+
+
+class OrderedWorkerPool:
+    """Runs `work(task, out)` over an iterable of tasks in `num_workers` processes, yielding in order.
+
+    `out` is a float32 array of `slot_shape`; each result is `(copy of out[:rows], metadata)`.
+    With `num_workers=0` the work runs in the calling process, which is easiest to debug.
+    """
+
+    def __init__(self, work, num_workers, slot_shape, prefetch_per_worker=2):
+        self.work = work
+        self.num_workers = num_workers
+        self.workers = []
+        self.memories = []
+        num_slots = max(1, num_workers * prefetch_per_worker)
+        slot_bytes = int(np.prod(slot_shape)) * np.dtype(np.float32).itemsize
+        if num_workers == 0:
+            self.slots = [np.empty(slot_shape, dtype=np.float32)]
+            return
+        for _ in range(num_slots):
+            memory = shared_memory.SharedMemory(create=True, size=max(1, slot_bytes))
+            self.memories.append(memory)
+        self.slots = [np.ndarray(slot_shape, dtype=np.float32, buffer=memory.buf) for memory in self.memories]
+        # fork: workers inherit the shared slots and the work object as they are, nothing is pickled or
+        # re-imported (spawn would re-run the training script's imports, Paddle included, in every worker).
+        context = multiprocessing.get_context("fork")
+        self.task_queue = context.Queue()
+        self.result_queue = context.Queue()
+        for index in range(num_workers):
+            worker = context.Process(
+                target=_worker_loop,
+                args=(work, self.slots, self.task_queue, self.result_queue, os.getpid()),
+                name="reader-worker-%d" % index,
+                daemon=True)
+            worker.start()
+            self.workers.append(worker)
+
+    def imap(self, tasks):
+        if self.num_workers == 0:
+            yield from self._imap_inline(tasks)
+            return
+        tasks = iter(tasks)
+        free_slots = list(range(len(self.slots)))
+        finished = {}
+        next_to_send = next_to_yield = 0
+        exhausted = False
+        while True:
+            while free_slots and not exhausted:
+                try:
+                    task = next(tasks)
+                except StopIteration:
+                    exhausted = True
+                    break
+                self.task_queue.put((next_to_send, free_slots.pop(), task))
+                next_to_send += 1
+            if exhausted and next_to_yield == next_to_send:
+                return
+            while next_to_yield not in finished:
+                sequence, slot, rows, metadata, error = self._next_result()
+                finished[sequence] = (slot, rows, metadata, error)
+            slot, rows, metadata, error = finished.pop(next_to_yield)
+            if error is not None:
+                raise WorkerError("a reader worker failed:\n" + error)
+            batch = self.slots[slot][:rows].copy()
+            free_slots.append(slot)
+            next_to_yield += 1
+            yield batch, metadata
+
+    def _imap_inline(self, tasks):
+        for task in tasks:
+            rows, metadata = self.work(task, self.slots[0])
+            yield self.slots[0][:rows].copy(), metadata
+
+    def _next_result(self):
+        while True:
+            try:
+                return self.result_queue.get(timeout=RESULT_POLL_SECONDS)
+            except queue.Empty:
+                self._check_workers_alive()
+
+    def _check_workers_alive(self):
+        for worker in self.workers:
+            if worker.exitcode is not None:
+                if worker.exitcode < 0:
+                    cause = "was killed by signal %s" % signal.Signals(-worker.exitcode).name
+                else:
+                    cause = "exited with code %d" % worker.exitcode
+                raise WorkerDiedError("reader worker %s (pid %d) %s; stopping." % (worker.name, worker.pid, cause))
+
+    def close(self):
+        """Stops the workers (politely, then by force) and frees the shared memory. Safe to call twice."""
+        for worker in self.workers:
+            if worker.is_alive():
+                try:
+                    self.task_queue.put(None)
+                except (OSError, ValueError):
+                    break
+        for worker in self.workers:
+            worker.join(JOIN_SECONDS)
+            if worker.is_alive():
+                worker.kill()
+                worker.join(JOIN_SECONDS)
+        if self.workers:
+            for pool_queue in (self.task_queue, self.result_queue):
+                pool_queue.cancel_join_thread()
+                pool_queue.close()
+        self.workers = []
+        self.slots = []
+        for memory in self.memories:
+            memory.close()
+            memory.unlink()
+        self.memories = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
