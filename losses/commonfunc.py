@@ -1,0 +1,125 @@
+"""Math the losses share: normalisation, distances, label masks, masked reductions, cross-entropy, checks.
+
+Everything here builds static-graph ops (call it inside `paddle.static.program_guard`) except the `check_*`
+helpers, which are plain Python and raise `ValueError` naming the command-line flag to fix.
+Ops run in the dtype of their input, so the same loss code builds a float32 training graph or a float64 test graph.
+"""
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+# Stands in for +/-infinity in masked min/max and masked logits: finite, so `inf - inf` can never make a NaN,
+# and far beyond any squared distance or similarity the losses meet.
+LARGE = 1e12
+
+
+def filled_like(x, value):
+    """A tensor of x's run-time shape and dtype holding `value` (paddle.full_like warns under PIR)."""
+    return paddle.full(paddle.shape(x), value, x.dtype)
+
+
+def flatten_labels(label):
+    """Labels as a 1-D tensor [N]; accepts the original's [N, 1] as well as [N]."""
+    return paddle.reshape(label, [-1])
+
+
+def l2_normalize(x):
+    """Scales each row of `x` [N, D] to unit length (an all-zero row stays zero instead of becoming NaN)."""
+    squared_norm = paddle.sum(paddle.square(x), axis=1, keepdim=True)
+    return x * paddle.rsqrt(paddle.clip(squared_norm, min=1e-12))
+
+
+def pairwise_squared_distance(x):
+    """Squared Euclidean distances [N, N]: |xi|^2 + |xj|^2 - 2 xi.xj, clamped at 0 against rounding."""
+    squared_norm = paddle.sum(paddle.square(x), axis=1, keepdim=True)
+    distance = squared_norm + paddle.t(squared_norm) - 2.0 * paddle.matmul(x, x, transpose_y=True)
+    return paddle.clip(distance, min=0.0)
+
+
+def batch_positions(label):
+    """Positions 0..N-1 of the items in the batch; N is read at run time, so any batch size works."""
+    return paddle.arange(paddle.shape(flatten_labels(label))[0])
+
+
+def self_mask(label):
+    """Boolean [N, N], true on the diagonal."""
+    position = batch_positions(label)
+    return position.unsqueeze(1) == position.unsqueeze(0)
+
+
+def same_label_mask(label):
+    """Boolean [N, N]: item i and item j have the same label (including i == j)."""
+    labels = flatten_labels(label)
+    return labels.unsqueeze(1) == labels.unsqueeze(0)
+
+
+def positive_mask(label):
+    """Boolean [N, N]: j is a positive of anchor i (same label, j != i)."""
+    return same_label_mask(label) & ~self_mask(label)
+
+
+def negative_mask(label):
+    """Boolean [N, N]: j is a negative of anchor i (different label)."""
+    return ~same_label_mask(label)
+
+
+def masked_max(x, mask, axis=None, keepdim=False):
+    """Max of `x` over the entries where `mask` holds; -LARGE where nothing is selected."""
+    return paddle.max(paddle.where(mask, x, filled_like(x, -LARGE)), axis=axis, keepdim=keepdim)
+
+
+def masked_min(x, mask, axis=None, keepdim=False):
+    """Min of `x` over the entries where `mask` holds; +LARGE where nothing is selected."""
+    return paddle.min(paddle.where(mask, x, filled_like(x, LARGE)), axis=axis, keepdim=keepdim)
+
+
+def masked_mean(x, mask, axis=None, keepdim=False):
+    """Mean of `x` over the entries where `mask` holds; 0 where nothing is selected.
+
+    `x` must be finite everywhere: masked-out entries are multiplied by 0, and 0 * inf would be NaN.
+    """
+    weight = mask.astype(x.dtype)
+    count = paddle.sum(weight, axis=axis, keepdim=keepdim)
+    return paddle.sum(x * weight, axis=axis, keepdim=keepdim) / paddle.clip(count, min=1.0)
+
+
+def log_softmax(logits):
+    """Row-wise log-softmax as logits - logsumexp(logits): finite for any finite logits.
+
+    Not F.log_softmax or F.cross_entropy: on CPU, Paddle 3.3.1 clamps their log-probabilities at -64, so a
+    sample whose target logit is 100 below another would report a loss of 64 instead of 100.
+    """
+    return logits - paddle.logsumexp(logits, axis=1, keepdim=True)
+
+
+def softmax_cross_entropy(logits, label):
+    """Per-sample cross-entropy [N, 1] and probabilities [N, C] of `logits` [N, C].
+
+    Computed from the log-softmax, so a confident wrong class gives its large finite loss, never log(0).
+    A label outside [0, C) makes Paddle's one_hot raise at run time; see `check_labels` for an early check.
+    """
+    target = F.one_hot(flatten_labels(label), logits.shape[1]).astype(logits.dtype)
+    per_sample_loss = -paddle.sum(target * log_softmax(logits), axis=1, keepdim=True)
+    return per_sample_loss, F.softmax(logits, axis=1)
+
+
+def check_labels(labels, class_dim):
+    """Raises ValueError unless every label is an integer in [0, class_dim); call it once on the data set."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return
+    if labels.min() < 0:
+        raise ValueError("labels must be non-negative, found %d" % labels.min())
+    if labels.max() >= class_dim:
+        raise ValueError("--class_dim=%d is too small: labels go up to %d, so --class_dim must be at least %d"
+                         % (class_dim, labels.max(), labels.max() + 1))
+
+
+def check_class_balanced_batch(train_batch_size, samples_each_class, loss_name):
+    """Raises ValueError unless a batch splits into whole groups of at least two images per class."""
+    if samples_each_class < 2:
+        raise ValueError("--samples_each_class=%d: %s needs at least 2 images of a class in a batch"
+                         % (samples_each_class, loss_name))
+    if train_batch_size % samples_each_class != 0:
+        raise ValueError("--train_batch_size=%d is not divisible by --samples_each_class=%d (loss %s)"
+                         % (train_batch_size, samples_each_class, loss_name))
