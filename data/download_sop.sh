@@ -1,0 +1,83 @@
+#!/bin/sh
+# Download Stanford Online Products (SOP, about 3 GB) and unpack it to Stanford_Online_Products/.
+#
+#   cd data/ && sh download_sop.sh
+#
+# Environment:
+#   SOP_URL              address(es) to try, space separated; default: the Stanford FTP server, then its HTTP mirror
+#   SOP_DATA_DIR         where the zip and Stanford_Online_Products/ go; default: the directory of this script
+#   SOP_CONNECT_TIMEOUT  seconds to wait for a server to answer; default: 15
+#
+# A zip that is already there and passes `unzip -t` is not downloaded again; an interrupted download resumes from
+# its .part file. The zip is unpacked into a scratch directory and renamed at the end, so an existing
+# Stanford_Online_Products/ is always complete.
+set -eu
+
+ZIP_NAME=Stanford_Online_Products.zip
+DATA_SET_DIR=Stanford_Online_Products
+SOP_URL=${SOP_URL:-"ftp://cs.stanford.edu/cs/cvgl/$ZIP_NAME http://ftp.cs.stanford.edu/cs/cvgl/$ZIP_NAME"}
+SOP_DATA_DIR=${SOP_DATA_DIR:-$(dirname "$0")}
+SOP_CONNECT_TIMEOUT=${SOP_CONNECT_TIMEOUT:-15}
+
+fail() {
+    echo "download_sop.sh: error: $*" >&2
+    exit 1
+}
+
+# curl first: it also reads file:// addresses; wget is the fallback on machines without curl.
+fetch() {
+    if command -v curl >/dev/null 2>&1; then
+        curl --fail --location --connect-timeout "$SOP_CONNECT_TIMEOUT" --continue-at - --output "$2" "$1"
+    elif command -v wget >/dev/null 2>&1; then
+        wget --tries=2 --dns-timeout="$SOP_CONNECT_TIMEOUT" --connect-timeout="$SOP_CONNECT_TIMEOUT" \
+            --read-timeout=120 --continue --output-document="$2" "$1"
+    else
+        fail "neither curl nor wget is installed"
+    fi
+}
+
+command -v unzip >/dev/null 2>&1 || fail "unzip is not installed"
+cd "$SOP_DATA_DIR" || fail "cannot enter the data directory $SOP_DATA_DIR"
+
+if [ -d "$DATA_SET_DIR" ]; then
+    echo "$SOP_DATA_DIR/$DATA_SET_DIR is already there: nothing to do"
+    exit 0
+fi
+
+if [ -f "$ZIP_NAME" ] && unzip -tq "$ZIP_NAME" >/dev/null 2>&1; then
+    echo "$ZIP_NAME is already there and complete: not downloading it again"
+else
+    if [ -f "$ZIP_NAME" ]; then
+        mv "$ZIP_NAME" "$ZIP_NAME.part"
+    fi
+    for url in $SOP_URL; do
+        echo "Downloading $url"
+        fetched=yes
+        fetch "$url" "$ZIP_NAME.part" || fetched=no
+        # Checked even after a failed fetch: resuming a part that was already complete can end in an error.
+        if [ -f "$ZIP_NAME.part" ] && unzip -tq "$ZIP_NAME.part" >/dev/null 2>&1; then
+            mv "$ZIP_NAME.part" "$ZIP_NAME"
+            break
+        fi
+        if [ "$fetched" = yes ]; then
+            # The server said it sent everything, yet the zip is broken: resuming it would only keep the damage.
+            echo "download_sop.sh: the file from $url is incomplete or corrupt; deleting it" >&2
+            rm -f "$ZIP_NAME.part"
+        else
+            echo "download_sop.sh: could not download from $url" >&2
+        fi
+    done
+    if [ -f "$ZIP_NAME.part" ] && [ ! -s "$ZIP_NAME.part" ]; then
+        rm -f "$ZIP_NAME.part"
+    fi
+    [ -f "$ZIP_NAME" ] || fail "could not download a complete $ZIP_NAME from: $SOP_URL
+Is the network reachable? Set SOP_URL to a mirror, or download the zip by hand into $(pwd)."
+fi
+
+echo "Unzipping $ZIP_NAME"
+rm -rf "$DATA_SET_DIR.unzipping"
+unzip -q "$ZIP_NAME" -d "$DATA_SET_DIR.unzipping" || fail "unzip of $ZIP_NAME failed"
+[ -d "$DATA_SET_DIR.unzipping/$DATA_SET_DIR" ] || fail "$ZIP_NAME holds no $DATA_SET_DIR/ folder"
+mv "$DATA_SET_DIR.unzipping/$DATA_SET_DIR" "$DATA_SET_DIR"
+rm -rf "$DATA_SET_DIR.unzipping"
+echo "SOP is ready in $(pwd)/$DATA_SET_DIR"
