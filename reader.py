@@ -261,15 +261,18 @@ def _run_batches(decoder, tasks, num_workers, batch_size, image_shape, max_bad_i
             yield images, labels
 
 
-def train_batches(data_dir, loss_name, batch_size, image_shape, samples_each_class=2, num_workers=2, seed=0,
+def read_train_list(data_dir):
+    return read_image_list(os.path.join(data_dir, TRAIN_LIST), data_dir)
+
+
+def train_batches(image_list, loss_name, batch_size, image_shape, samples_each_class=2, num_workers=2, seed=0,
                   crop_scale_min=0.08, random_flip=True, rotate=False, max_bad_images=100, start_batch=0,
                   rank=0, world_size=1):
-    """Endless training batches `(images N×C×H×W float32, labels N×1 int64)` from `data_dir/Ebay_train.txt`.
+    """Endless training batches `(images N×C×H×W float32, labels N×1 int64)` from a parsed training list.
 
     `start_batch` resumes the stream; with `world_size > 1` each rank gets its own contiguous share of every global
     batch, so class-balanced groups stay whole when `batch_size / world_size` is a multiple of samples_each_class.
     """
-    image_list = read_image_list(os.path.join(data_dir, TRAIN_LIST), data_dir)
     labels = image_list.class_ids - 1
     sampler = make_sampler(loss_name, labels, batch_size, samples_each_class, seed)
     per_rank = batch_size // world_size

@@ -3,11 +3,15 @@ import argparse
 import os
 import sys
 import time
+import warnings
 
 # Importing paddle forces OMP_NUM_THREADS=1 when it is unset, which makes CPU training single-threaded.
 # Every script and the test suite import this module before paddle, so the default here is all cores.
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, str(os.cpu_count() or 1))
+# Paddle's C++ info and warning lines would drown the one-line-per-step log; errors still show.
+os.environ.setdefault("GLOG_minloglevel", "2")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"paddle\.")
 
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "off")
@@ -79,10 +83,14 @@ def cuda_is_compiled():
     return paddle.is_compiled_with_cuda()
 
 
-def flag_error(flag, message):
-    """Stops the script with a one-line error naming the flag, and argparse's exit code 2."""
-    sys.stderr.write("error: --%s: %s\n" % (flag, message))
+def usage_error(message):
+    """Stops the script with a one-line error and argparse's exit code 2; the message names the flag."""
+    sys.stderr.write("error: %s\n" % message)
     sys.exit(2)
+
+
+def flag_error(flag, message):
+    usage_error("--%s: %s" % (flag, message))
 
 
 def check_cuda(use_gpu):
@@ -90,3 +98,15 @@ def check_cuda(use_gpu):
     if use_gpu and not cuda_is_compiled():
         flag_error("use_gpu", "True, but this PaddlePaddle is a CPU build. Run with --use_gpu=False, "
                    "or install paddlepaddle-gpu (same major version).")
+
+
+def recall_topk(fea, lab, k=1):
+    """Recall@k as the original: L2-normalised features, Euclidean distance, the query itself excluded."""
+    import numpy as np
+    fea = np.asarray(fea, dtype=np.float64)
+    fea = fea / np.maximum(np.linalg.norm(fea, axis=1, keepdims=True), 1e-12)
+    lab = np.asarray(lab).ravel()
+    similarity = fea @ fea.T
+    np.fill_diagonal(similarity, -np.inf)
+    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return float(np.mean((lab[top] == lab[:, None]).any(axis=1)))

@@ -28,8 +28,10 @@ class WorkerDiedError(RuntimeError):
 
 
 def _worker_loop(work, slots, task_queue, result_queue, parent_pid):
-    # Ctrl-C reaches the whole process group; only the main process decides how to stop.
+    # Ctrl-C reaches the whole process group; only the main process decides how to stop. SIGTERM gets its default
+    # back, since a handler the main process installed before the fork is not meant for workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
             item = task_queue.get(timeout=WORKER_IDLE_POLL_SECONDS)

@@ -1,0 +1,96 @@
+"""Static programs: the training program (network + loss + optimizer) and the feature program (image → feature).
+
+PIR programs have no `clone(for_test=True)`, so the feature program is the same network built again in a program of
+its own. Every parameter has an explicit name, so both programs address the same variables in the global scope:
+what training updates, testing reads.
+"""
+import collections
+import contextlib
+import os
+
+import numpy as np
+import paddle
+
+import models
+
+TrainProgram = collections.namedtuple("TrainProgram", "program startup image label feature loss accuracies scheduler")
+FeatureProgram = collections.namedtuple("FeatureProgram", "program startup image feature")
+WEIGHT_DECAY = 1e-4
+MOMENTUM = 0.9
+
+
+def make_place(use_gpu):
+    if not use_gpu:
+        return paddle.CPUPlace()
+    # paddle.distributed.launch gives each process its own card through FLAGS_selected_gpus.
+    return paddle.CUDAPlace(int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0]))
+
+
+def piecewise_decay(base_lr, lr_steps):
+    """The original's schedule: the learning rate is multiplied by 0.1 at each boundary."""
+    return paddle.optimizer.lr.PiecewiseDecay(boundaries=list(lr_steps),
+                                              values=[base_lr * 0.1 ** i for i in range(len(lr_steps) + 1)])
+
+
+def _image_input(image_shape):
+    return paddle.static.data(name="image", shape=[None] + list(image_shape), dtype="float32")
+
+
+def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_steps, seed):
+    """Network, loss and Momentum with piecewise decay and L2 decay, as the original.
+
+    `loss` is a `losses` object; element losses (softmax, arcmargin) return per-sample losses and class
+    probabilities, from which top-1 and top-5 accuracy are computed; pair losses return the loss to average.
+    """
+    with paddle.utils.unique_name.guard():
+        program, startup = paddle.static.Program(), paddle.static.Program()
+        program.random_seed = startup.random_seed = seed
+        with paddle.static.program_guard(program, startup):
+            image = _image_input(image_shape)
+            label = paddle.static.data(name="label", shape=[None, 1], dtype="int64")
+            feature = models.get_model(model_name).net(image, embedding_size)
+            result = loss.loss(feature, label)
+            accuracies = []
+            if isinstance(result, tuple):
+                per_sample, probabilities = result
+                avg_loss = paddle.mean(per_sample)
+                top_k = min(5, probabilities.shape[1])
+                accuracies = [paddle.metric.accuracy(probabilities, label, k=1),
+                              paddle.metric.accuracy(probabilities, label, k=top_k)]
+            else:
+                avg_loss = paddle.mean(result)
+            scheduler = piecewise_decay(lr, lr_steps)
+            optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=MOMENTUM,
+                                                  weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY))
+            optimizer.minimize(avg_loss)
+    return TrainProgram(program, startup, image, label, feature, avg_loss, accuracies, scheduler)
+
+
+def build_feature_program(model_name, embedding_size, image_shape):
+    """The test/eval/infer program: image → feature, with batch norm on its moving averages."""
+    with paddle.utils.unique_name.guard():
+        program, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.static.program_guard(program, startup):
+            image = _image_input(image_shape)
+            feature = models.get_model(model_name).net(image, embedding_size)
+        program.set_is_test_attr()
+    return FeatureProgram(program, startup, image, feature)
+
+
+def extract_features(executor, feature_program, batches):
+    """Runs the feature program over `(images, tags)` batches; returns the stacked features and the tags.
+
+    Tags are whatever the reader pairs with each image: label arrays (concatenated) or path lists (joined).
+    The batch stream is closed even when a batch fails, so its decoding workers stop at once.
+    """
+    features, tags = [], []
+    with contextlib.closing(batches):
+        for images, batch_tags in batches:
+            (batch_features,) = executor.run(feature_program.program, feed={"image": images},
+                                             fetch_list=[feature_program.feature])
+            features.append(np.asarray(batch_features).reshape(len(images), -1))
+            tags.append(batch_tags)
+    if not features:
+        raise ValueError("no images to extract features from")
+    joined_tags = np.concatenate(tags) if isinstance(tags[0], np.ndarray) else [tag for batch in tags for tag in batch]
+    return np.concatenate(features), joined_tags

@@ -1,0 +1,47 @@
+"""Fine-tunes an embedding network with a loss on pairs inside the batch: triplet, quadruplet, eml or npairs.
+
+    python train_pair.py --model=ResNet50 --loss_name=eml --samples_each_class=2 \
+        --pretrained_model=output/ResNet50/30000 ...
+"""
+import argparse
+
+import utility  # first: sets the CPU thread count before paddle is imported
+import losses
+import trainer
+from utility import add_arguments
+
+DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), train_batch_size=120,
+                test_batch_size=50, lr=0.0001, lr_steps=[100000], total_iter_num=100000, display_iter_step=10,
+                test_iter_step=5000, save_iter_step=5000, loss_name="triplet", loss_choices=losses.PAIR_LOSSES)
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    trainer.add_training_arguments(parser, DEFAULTS)
+    add_arguments("samples_each_class", int, 2, "quadruplet, eml, npairs: images of each class in a batch.", parser)
+    add_arguments("margin", float, 0.1, "triplet, quadruplet: the margin.", parser)
+    add_arguments("npairs_reg_lambda", float, 0.01, "npairs: weight of the embedding-norm regulariser.", parser)
+    return parser
+
+
+def make_loss(args):
+    """Pair losses see the per-device batch; their constructors check it against --samples_each_class."""
+    try:
+        if args.loss_name == "triplet":
+            return losses.TripletLoss(margin=args.margin, train_batch_size=args.train_batch_size)
+        if args.loss_name == "quadruplet":
+            return losses.QuadrupletLoss(args.train_batch_size, args.samples_each_class, margin=args.margin)
+        if args.loss_name == "eml":
+            return losses.EmlLoss(args.train_batch_size, args.samples_each_class)
+        return losses.NpairsLoss(args.train_batch_size, args.samples_each_class, reg_lambda=args.npairs_reg_lambda)
+    except ValueError as error:  # the message starts with the offending --flag=value
+        utility.usage_error(str(error))
+
+
+def main(argv=None):
+    args = trainer.parse_training_arguments(make_parser(), losses.PAIR_LOSSES, argv)
+    trainer.train(args, make_loss(args))
+
+
+if __name__ == "__main__":
+    main()
