@@ -94,3 +94,42 @@ def extract_features(executor, feature_program, batches):
         raise ValueError("no images to extract features from")
     joined_tags = np.concatenate(tags) if isinstance(tags[0], np.ndarray) else [tag for batch in tags for tag in batch]
     return np.concatenate(features), joined_tags
+
+
+def add_feature_arguments(parser, batch_size_default):
+    """Flags of the scripts that only run the feature program: eval.py, infer.py, export_model.py."""
+    from utility import add_arguments, cuda_is_compiled, parse_image_shape
+    add_arguments("model", str, "ResNet50", "Backbone, as in training.", parser)
+    add_arguments("embedding_size", int, 0, "Embedding size, as in training (0: the pooled feature).", parser)
+    add_arguments("batch_size", int, batch_size_default, "Mini-batch size.", parser)
+    add_arguments("image_shape", parse_image_shape, (3, 224, 224), "Input image shape C,H,W.", parser)
+    add_arguments("use_gpu", bool, cuda_is_compiled(), "Whether to use GPU (default: whether this Paddle was "
+                  "built with CUDA).", parser)
+    add_arguments("pretrained_model", str, None, "Weights to use: a checkpoint directory, a .pdparams file or a "
+                  "directory of Fluid variable files.", parser)
+    add_arguments("data_dir", str, "./data/Stanford_Online_Products/", "Data root holding Ebay_test.txt.", parser)
+    add_arguments("num_workers", int, 2, "Image decoding processes (0: decode in the main process).", parser)
+
+
+def check_feature_arguments(args):
+    from utility import flag_error
+    if args.model not in models.MODELS:
+        flag_error("model", "%r is not one of %s" % (args.model, ", ".join(models.MODELS)))
+    if args.batch_size <= 0:
+        flag_error("batch_size", "must be positive, got %d" % args.batch_size)
+    if args.embedding_size < 0 or args.num_workers < 0:
+        flag_error("embedding_size" if args.embedding_size < 0 else "num_workers", "must not be negative")
+
+
+def load_feature_program(args, log):
+    """Builds the feature program, initialises it and loads `--pretrained_model`; returns (executor, program)."""
+    import checkpoint
+    paddle.enable_static()
+    feature_program = build_feature_program(args.model, args.embedding_size, args.image_shape)
+    executor = paddle.static.Executor(make_place(args.use_gpu))
+    executor.run(feature_program.startup)
+    if args.pretrained_model:
+        checkpoint.load_pretrained(feature_program.program, args.pretrained_model, log=log)
+    else:
+        log("no --pretrained_model: using randomly initialised weights")
+    return executor, feature_program

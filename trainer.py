@@ -2,7 +2,7 @@
 
 The front ends only declare their flags and defaults and turn `--loss_name` into a loss object.
 """
-import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -82,12 +82,25 @@ def parse_training_arguments(parser, loss_choices, argv=None):
 
 
 class StopRequest:
-    """Turns SIGINT and SIGTERM into a flag the loop checks between iterations, so a save is never cut short."""
+    """Turns SIGINT and SIGTERM into a flag the loop checks between iterations, so a save is never cut short.
+
+    A context manager: the previous handlers come back on exit.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.signal_name = None
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._request)
+        self.previous_handlers = {}
+
+    def __enter__(self):
+        for signum in self.SIGNALS:
+            self.previous_handlers[signum] = signal.signal(signum, self._request)
+        return self
+
+    def __exit__(self, *exc_info):
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
 
     def _request(self, signum, frame):
         if self.signal_name is not None:
@@ -104,6 +117,10 @@ class DisplayWindow:
 
     def reset(self):
         self.values = []
+        self.restart_clock()
+
+    def restart_clock(self):
+        """Keeps time spent testing and saving out of the per-iteration time."""
         self.started = time.time()
 
     def add(self, values):
@@ -123,92 +140,111 @@ def test_recall(executor, feature_program, args):
     return len(features), utility.recall_topk(features, labels.ravel(), k=1)
 
 
+class TrainingRun:
+    """One run of training: its programs, executor and position, built from the flags."""
+
+    def __init__(self, args, loss):
+        self.args = args
+        paddle.enable_static()
+        paddle.seed(args.seed)
+        self.train_list = reader.read_train_list(args.data_dir)
+        self.elementwise = args.loss_name in reader.ELEMENT_LOSSES
+        if self.elementwise:
+            try:
+                losses.check_labels(self.train_list.class_ids - 1, args.class_dim)
+            except ValueError as error:
+                utility.usage_error("%s (classes of %s)" % (error, self.train_list.list_path))
+        self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, loss,
+                                                          args.lr, args.lr_steps, args.seed)
+        self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
+        self.executor = paddle.static.Executor(programs.make_place(args.use_gpu))
+        self.executor.run(self.train_program.startup)
+        self.iteration = 0
+        self.last_saved = None
+        if args.checkpoint:
+            state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
+            self.iteration = state["iteration"]
+            self.train_program.scheduler.set_state_dict(state["lr_scheduler"])
+            log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
+        elif args.pretrained_model:
+            checkpoint.load_pretrained(self.train_program.program, args.pretrained_model, log=log)
+
+    def save(self):
+        directory = os.path.join(self.args.model_save_dir, self.args.model, str(self.iteration))
+        checkpoint.save_checkpoint(self.train_program.program, directory, {
+            "iteration": self.iteration, "lr_scheduler": self.train_program.scheduler.state_dict(),
+            "flags": vars(self.args)})
+        log("saved checkpoint %s" % directory)
+        self.last_saved = directory
+
+    def batches(self):
+        args = self.args
+        return reader.train_batches(self.train_list, args.loss_name, args.train_batch_size, args.image_shape,
+                                    samples_each_class=getattr(args, "samples_each_class", 1),
+                                    num_workers=args.num_workers, seed=args.seed,
+                                    crop_scale_min=args.crop_scale_min, random_flip=args.random_flip,
+                                    rotate=args.rotate, max_bad_images=args.max_bad_images,
+                                    start_batch=self.iteration)
+
+    def step(self, images, labels, fetch_feature):
+        """One optimisation step; returns the learning rate used, the loss [and accuracies], the features."""
+        program = self.train_program
+        scalar_fetches = [program.loss] + program.accuracies
+        outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
+                                    fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
+        lr = program.scheduler.get_lr()
+        program.scheduler.step()
+        self.iteration += 1
+        values = [float(np.asarray(value)) for value in outputs[:len(scalar_fetches)]]
+        if self.args.nan_check and not np.isfinite(values[0]):
+            log("non-finite loss %s at iteration %d; stopping. Last good checkpoint: %s"
+                % (values[0], self.iteration, self.last_saved or "none saved yet"))
+            sys.exit(1)
+        return lr, values, np.asarray(outputs[-1]) if fetch_feature else None
+
+    def log_window(self, window, lr, features, labels):
+        means = window.means()
+        if self.elementwise:
+            measures = "loss %.6f, acc1 %.4f, acc5 %.4f" % tuple(means)
+        else:
+            measures = "loss %.6f, recall %.4f" % (means[0], utility.recall_topk(features, labels.ravel(), k=1))
+        log("trainbatch %d, lr %.6f, %s, time %2.2f sec"
+            % (self.iteration, lr, measures, window.seconds_per_iteration()))
+        window.reset()
+
+    def run(self):
+        """Trains to --total_iter_num or to a SIGINT/SIGTERM, saving on the way and at the end."""
+        args = self.args
+        window = DisplayWindow()
+        saved_at = None
+        batches = self.batches()
+        with StopRequest() as stop, contextlib.closing(batches):
+            while self.iteration < args.total_iter_num and stop.signal_name is None:
+                images, labels = next(batches)
+                display = (self.iteration + 1) % args.display_iter_step == 0
+                lr, values, features = self.step(images, labels, fetch_feature=display and not self.elementwise)
+                window.add(values)
+                if display:
+                    self.log_window(window, lr, features, labels)
+                if self.iteration % args.test_iter_step == 0:
+                    num_images, recall = test_recall(self.executor, self.feature_program, args)
+                    log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
+                    window.restart_clock()
+                if self.iteration % args.save_iter_step == 0:
+                    self.save()
+                    saved_at = self.iteration
+                    window.restart_clock()
+            if saved_at != self.iteration:
+                self.save()
+        if stop.signal_name is not None:
+            log("stopped by %s at iteration %d; resume with --checkpoint=%s"
+                % (stop.signal_name, self.iteration, self.last_saved))
+            sys.exit(128 + signal.Signals[stop.signal_name].value)
+        return self.last_saved
+
+
 def train(args, loss):
     """Trains with `loss` (a `losses` object) as the flags say; returns the final checkpoint directory."""
     utility.print_arguments(args)
     utility.check_cuda(args.use_gpu)
-    paddle.enable_static()
-    paddle.seed(args.seed)
-
-    train_list = reader.read_train_list(args.data_dir)
-    elementwise = args.loss_name in reader.ELEMENT_LOSSES
-    if elementwise:
-        try:
-            losses.check_labels(train_list.class_ids - 1, args.class_dim)
-        except ValueError as error:
-            utility.usage_error("%s (classes of %s)" % (error, train_list.list_path))
-    train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, loss, args.lr,
-                                                 args.lr_steps, args.seed)
-    feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
-    executor = paddle.static.Executor(programs.make_place(args.use_gpu))
-    executor.run(train_program.startup)
-
-    iteration = 0
-    if args.checkpoint:
-        state = checkpoint.load_checkpoint(train_program.program, args.checkpoint)
-        iteration = state["iteration"]
-        train_program.scheduler.set_state_dict(state["lr_scheduler"])
-        log("resumed from %s at iteration %d" % (args.checkpoint, iteration))
-    elif args.pretrained_model:
-        checkpoint.load_pretrained(train_program.program, args.pretrained_model, log=log)
-
-    save_root = os.path.join(args.model_save_dir, args.model)
-
-    def save():
-        directory = os.path.join(save_root, str(iteration))
-        checkpoint.save_checkpoint(train_program.program, directory, {
-            "iteration": iteration, "lr_scheduler": train_program.scheduler.state_dict(), "flags": {
-                name: value for name, value in vars(args).items()}})
-        log("saved checkpoint %s" % directory)
-        return directory
-
-    batches = reader.train_batches(train_list, args.loss_name, args.train_batch_size, args.image_shape,
-                                   samples_each_class=getattr(args, "samples_each_class", 1),
-                                   num_workers=args.num_workers, seed=args.seed, crop_scale_min=args.crop_scale_min,
-                                   random_flip=args.random_flip, rotate=args.rotate,
-                                   max_bad_images=args.max_bad_images, start_batch=iteration)
-    stop = StopRequest()
-    window = DisplayWindow()
-    saved_at = None
-    last_saved = None
-    per_step_fetches = [train_program.loss] + train_program.accuracies
-    try:
-        while iteration < args.total_iter_num and stop.signal_name is None:
-            images, labels = next(batches)
-            display = (iteration + 1) % args.display_iter_step == 0
-            fetch_feature = display and not elementwise
-            fetches = per_step_fetches + ([train_program.feature] if fetch_feature else [])
-            outputs = executor.run(train_program.program, feed={"image": images, "label": labels},
-                                   fetch_list=fetches)
-            lr = train_program.scheduler.get_lr()
-            train_program.scheduler.step()
-            iteration += 1
-            values = [float(np.asarray(value)) for value in outputs[:len(per_step_fetches)]]
-            if args.nan_check and not np.isfinite(values[0]):
-                log("non-finite loss %s at iteration %d; stopping. Last good checkpoint: %s"
-                    % (values[0], iteration, last_saved or "none saved yet"))
-                sys.exit(1)
-            window.add(values)
-            if display:
-                means = window.means()
-                if elementwise:
-                    measures = "loss %.6f, acc1 %.4f, acc5 %.4f" % tuple(means)
-                else:
-                    batch_recall = utility.recall_topk(np.asarray(outputs[-1]), labels.ravel(), k=1)
-                    measures = "loss %.6f, recall %.4f" % (means[0], batch_recall)
-                log("trainbatch %d, lr %.6f, %s, time %2.2f sec"
-                    % (iteration, lr, measures, window.seconds_per_iteration()))
-                window.reset()
-            if iteration % args.test_iter_step == 0:
-                num_images, recall = test_recall(executor, feature_program, args)
-                log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, iteration, recall))
-            if iteration % args.save_iter_step == 0:
-                last_saved, saved_at = save(), iteration
-    finally:
-        batches.close()
-    if saved_at != iteration:
-        last_saved = save()
-    if stop.signal_name is not None:
-        log("stopped by %s at iteration %d; resume with --checkpoint=%s" % (stop.signal_name, iteration, last_saved))
-        sys.exit(128 + signal.Signals[stop.signal_name].value)
-    return last_saved
+    return TrainingRun(args, loss).run()

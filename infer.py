@@ -1,0 +1,66 @@
+"""Extracts the feature of every test-list image with a trained model.
+
+    python infer.py --model=ResNet50 --batch_size=1 --pretrained_model=output/ResNet50/30000 \
+        --save_features=features.npy
+"""
+import argparse
+import contextlib
+import os
+
+import utility  # first: sets the CPU thread count before paddle is imported
+import numpy as np
+
+import programs
+import reader
+from utility import add_arguments, log
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    programs.add_feature_arguments(parser, batch_size_default=1)
+    add_arguments("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
+                  "same order to PATH.paths.txt (PATH without .npy).", parser)
+    return parser
+
+
+def paths_file(features_path):
+    return os.path.splitext(features_path)[0] + ".paths.txt"
+
+
+def save_features(path, features, image_paths):
+    """Writes features and paths next to each other, each through a temporary file renamed into place."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    staging = path + ".saving.npy"
+    np.save(staging, features)
+    os.replace(staging, path)
+    with open(paths_file(path) + ".saving", "w") as listing:
+        listing.writelines(image_path + "\n" for image_path in image_paths)
+    os.replace(paths_file(path) + ".saving", paths_file(path))
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
+    programs.check_feature_arguments(args)
+    if args.save_features and not args.save_features.endswith(".npy"):
+        utility.flag_error("save_features", "must end in .npy, got %s" % args.save_features)
+    utility.print_arguments(args)
+    utility.check_cuda(args.use_gpu)
+    executor, feature_program = programs.load_feature_program(args, log)
+    features, image_paths = [], []
+    batches = reader.infer_batches(args.data_dir, args.batch_size, args.image_shape, args.num_workers)
+    with contextlib.closing(batches):
+        for batch_id, (images, batch_paths) in enumerate(batches):
+            (batch_features,) = executor.run(feature_program.program, feed={"image": images},
+                                             fetch_list=[feature_program.feature])
+            batch_features = np.asarray(batch_features).reshape(len(images), -1)
+            print("Test-{0}-feature: {1}".format(batch_id, batch_features[0][:5]), flush=True)
+            features.append(batch_features)
+            image_paths.extend(batch_paths)
+    if args.save_features:
+        save_features(args.save_features, np.concatenate(features), image_paths)
+        log("saved %d features to %s and their paths to %s"
+            % (len(image_paths), args.save_features, paths_file(args.save_features)))
+
+
+if __name__ == "__main__":
+    main()

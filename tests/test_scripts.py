@@ -1,0 +1,222 @@
+"""The four scripts and export_model.py end to end on a tiny toy data set: train, resume, evaluate, infer, export."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+
+import eval as eval_script
+import export_model
+import infer
+import reader
+import train_elem
+import train_pair
+from data.make_toy_sop import make_toy_sop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=1"]
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
+    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
+    return root
+
+
+def train_flags(toy_root, save_dir, loss_name, iterations, **extra):
+    flags = TINY + ["--data_dir=%s" % toy_root, "--model_save_dir=%s" % save_dir, "--loss_name=%s" % loss_name,
+                     "--train_batch_size=6", "--test_batch_size=16", "--total_iter_num=%d" % iterations,
+                     "--display_iter_step=1", "--test_iter_step=1000", "--save_iter_step=1000", "--lr=0.01"]
+    return flags + ["--%s=%s" % item for item in extra.items()]
+
+
+def logged_losses(output):
+    return [float(value) for value in re.findall(r"trainbatch \d+, lr [\d.]+, loss ([-\d.e]+)", output)]
+
+
+@pytest.mark.parametrize("script, loss_name, extra", [
+    (train_elem, "softmax", {"class_dim": 12}),
+    (train_elem, "arcmargin", {"class_dim": 12, "arc_scale": 16}),
+    (train_pair, "triplet", {}),
+    (train_pair, "quadruplet", {}),
+    (train_pair, "eml", {}),
+    (train_pair, "npairs", {}),
+])
+def test_each_loss_trains_through_its_script(toy_root, tmp_path, capsys, script, loss_name, extra):
+    script.main(train_flags(toy_root, tmp_path, loss_name, 2, test_iter_step=2, **extra))
+    output = capsys.readouterr().out
+    losses_seen = logged_losses(output)
+    assert len(losses_seen) == 2 and all(np.isfinite(losses_seen))
+    if script is train_elem:
+        assert re.search(r"trainbatch 2, lr 0.010000, loss [\d.]+, acc1 [\d.]+, acc5 [\d.]+, time [\d.]+ sec", output)
+    else:
+        assert re.search(r"trainbatch 2, lr 0.010000, loss [\d.]+, recall [\d.]+, time [\d.]+ sec", output)
+    assert re.search(r"test_img_num %d, trainbatch 2, test_recall [\d.]+" % num_test_images(toy_root), output)
+    assert os.path.isfile(os.path.join(tmp_path, "ResNet18", "2", "model.pdparams"))
+
+
+def num_test_images(toy_root):
+    return len(reader.read_image_list(os.path.join(toy_root, reader.TEST_LIST)).paths)
+
+
+def test_resume_continues_the_same_loss_sequence(toy_root, tmp_path, capsys):
+    train_pair.main(train_flags(toy_root, tmp_path / "straight", "eml", 4, rotate=True))
+    straight = logged_losses(capsys.readouterr().out)
+    train_pair.main(train_flags(toy_root, tmp_path / "split", "eml", 2, rotate=True))
+    first_half = logged_losses(capsys.readouterr().out)
+    train_pair.main(train_flags(toy_root, tmp_path / "split", "eml", 4, rotate=True,
+                                checkpoint=tmp_path / "split" / "ResNet18" / "2"))
+    output = capsys.readouterr().out
+    assert "resumed from" in output and "at iteration 2" in output
+    assert first_half + logged_losses(output) == straight
+    state = json.load(open(tmp_path / "split" / "ResNet18" / "4" / "trainer_state.json"))
+    assert state["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
+
+
+def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsys):
+    train_elem.main(train_flags(toy_root, tmp_path / "elem", "arcmargin", 1, class_dim=12, embedding_size=16))
+    capsys.readouterr()
+    train_pair.main(train_flags(toy_root, tmp_path / "pair", "eml", 1, embedding_size=16,
+                                pretrained_model=tmp_path / "elem" / "ResNet18" / "1"))
+    # every backbone and embedding variable loads; the arcmargin class weights are the one unused entry
+    assert re.search(r"loaded \d+, missing 0, shape-mismatched 0, unused 1", capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(toy_root, tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("trained")
+    train_elem.main(train_flags(toy_root, save_dir, "softmax", 2, class_dim=12, embedding_size=8))
+    return str(save_dir / "ResNet18" / "2")
+
+
+def feature_flags(toy_root, checkpoint_dir, batch_size):
+    return TINY + ["--embedding_size=8", "--data_dir=%s" % toy_root, "--pretrained_model=%s" % checkpoint_dir,
+                   "--batch_size=%d" % batch_size]
+
+
+def brute_force_recall(features, labels, k):
+    normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = ((normalised[:, None, :] - normalised[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.argsort(distances, axis=1)[:, :k]
+    return np.mean([(labels[row] == labels[i]).any() for i, row in enumerate(nearest)])
+
+
+def test_eval_recall_matches_brute_force_on_infer_features(toy_root, trained_checkpoint, tmp_path, capsys):
+    features_path = str(tmp_path / "features.npy")
+    infer.main(feature_flags(toy_root, trained_checkpoint, 5) + ["--save_features=%s" % features_path])
+    output = capsys.readouterr().out
+    assert re.search(r"Test-0-feature: \[[-\d. e]+\]", output)
+    features = np.load(features_path)
+    paths = open(features_path[:-4] + ".paths.txt").read().split("\n")[:-1]
+    test_list = reader.read_image_list(os.path.join(toy_root, reader.TEST_LIST))
+    assert features.shape == (len(test_list.paths), 8) and paths == test_list.paths
+
+    results = eval_script.main(feature_flags(toy_root, trained_checkpoint, 7) + ["--recall_k=1,2,5"])
+    output = capsys.readouterr().out
+    for k in (1, 2, 5):
+        assert results["recall@%d" % k] == pytest.approx(brute_force_recall(features, test_list.class_ids, k))
+    assert re.search(r"End test %d, test_recall %.5f" % (len(features), results["recall@1"]), output)
+    assert "| Recall@5 |" in output and "| MAP@R |" in output
+
+
+def test_exported_model_gives_infer_features(toy_root, trained_checkpoint, tmp_path, capsys):
+    features_path = str(tmp_path / "features.npy")
+    infer.main(feature_flags(toy_root, trained_checkpoint, 4) + ["--save_features=%s" % features_path])
+    export_dir = str(tmp_path / "exported")
+    export_model.main(feature_flags(toy_root, trained_checkpoint, 1) + ["--model_save_dir=%s" % export_dir])
+    assert sorted(os.listdir(export_dir)) == ["inference.json", "inference.pdiparams"]
+    paddle.enable_static()
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    program, feed_names, fetch_targets = paddle.static.load_inference_model(os.path.join(export_dir, "inference"),
+                                                                            executor)
+    exported = [np.asarray(executor.run(program, feed={feed_names[0]: images}, fetch_list=fetch_targets)[0])
+                for images, _ in reader.eval_batches(toy_root, 9, (3, 32, 32), num_workers=0)]
+    np.testing.assert_allclose(np.concatenate(exported), np.load(features_path), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("script, flags", [
+    ("train_elem.py", ["--loss_name", "--arc_margin", "--class_dim", "--lr_steps", "--checkpoint"]),
+    ("train_pair.py", ["--loss_name", "--samples_each_class", "--margin", "--npairs_reg_lambda"]),
+    ("eval.py", ["--batch_size", "--recall_k", "--pretrained_model"]),
+    ("infer.py", ["--batch_size", "--save_features"]),
+    ("export_model.py", ["--model_save_dir", "--pretrained_model"]),
+])
+def test_every_script_has_help(script, flags):
+    result = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0
+    for flag in flags + ["--model", "--use_gpu"]:
+        assert flag in result.stdout
+
+
+@pytest.mark.parametrize("script, flags, message", [
+    (train_elem, ["--loss_name=eml"], "--loss_name: 'eml' is not one of softmax, arcmargin"),
+    (train_pair, ["--loss_name=softmax"], "--loss_name: 'softmax' is not one of triplet"),
+    (train_elem, ["--model=ResNet51"], "--model: 'ResNet51' is not one of"),
+    (train_elem, ["--lr_steps=300,200"], "--lr_steps: must be strictly increasing"),
+    (train_elem, ["--train_batch_size=0"], "--train_batch_size: must be positive"),
+    (train_pair, ["--loss_name=npairs", "--samples_each_class=3", "--train_batch_size=6"],
+     "--samples_each_class=3: npairs needs --samples_each_class=2"),
+    (train_pair, ["--loss_name=eml", "--train_batch_size=7"], "--train_batch_size=7 is not divisible"),
+    (train_pair, ["--loss_name=triplet", "--train_batch_size=8"], "--train_batch_size=8 is not divisible by 3"),
+    (eval_script, ["--recall_k=0"], "--recall_k: needs positive integers"),
+])
+def test_invalid_flags_exit_2_naming_the_flag(capsys, script, flags, message):
+    with pytest.raises(SystemExit) as caught:
+        script.main(TINY + flags)
+    assert caught.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_class_dim_below_the_data_is_a_flag_error(toy_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as caught:
+        train_elem.main(train_flags(toy_root, tmp_path, "softmax", 1, class_dim=5))
+    assert caught.value.code == 2
+    assert "--class_dim=5 is too small" in capsys.readouterr().err
+
+
+def child_pids(pid):
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open("/proc/%s/stat" % entry).read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry))
+    return children
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(toy_root, tmp_path):
+    command = [sys.executable, os.path.join(ROOT, "train_pair.py")] + train_flags(
+        toy_root, tmp_path, "eml", 100000) + ["--num_workers=2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "trainbatch 2," in line:
+            break
+    workers = child_pids(process.pid)
+    assert len(workers) >= 2, "the reader's worker processes"
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert process.returncode == 128 + signal.SIGINT, output
+    assert "Traceback" not in output
+    match = re.search(r"stopped by SIGINT at iteration (\d+); resume with --checkpoint=(\S+)", output)
+    assert match, output
+    assert os.path.isfile(os.path.join(match.group(2), "trainer_state.json"))
+    assert json.load(open(os.path.join(match.group(2), "trainer_state.json")))["iteration"] == int(match.group(1))
+    deadline = time.monotonic() + 5
+    while [pid for pid in workers if os.path.exists("/proc/%d" % pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if os.path.exists("/proc/%d" % pid)]
