@@ -72,8 +72,7 @@ def build_feature_program(model_name, embedding_size, image_shape):
         program, startup = paddle.static.Program(), paddle.static.Program()
         with paddle.static.program_guard(program, startup):
             image = _image_input(image_shape)
-            feature = models.get_model(model_name).net(image, embedding_size)
-        program.set_is_test_attr()
+            feature = models.get_model(model_name).net(image, embedding_size, is_test=True)
     return FeatureProgram(program, startup, image, feature)
 
 
