@@ -1,5 +1,6 @@
 """Flags, timing and metrics helpers shared by every script."""
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -60,6 +61,17 @@ def log(message):
     print("[%s] %s" % (fmt_time(), message), flush=True)
 
 
+def progress_bar(total, description, unit="img"):
+    """A tqdm bar with rate and ETA on stdout; silent when stdout is not a terminal, so logs and pipes stay clean.
+
+    Use it as a context manager and call `update(n)`; print through its `write` while it is shown. It is cleared
+    when done: a log line normally follows with the result.
+    """
+    from tqdm import tqdm
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stdout, disable=not sys.stdout.isatty(),
+                leave=False, dynamic_ncols=True)
+
+
 def parse_int_list(text):
     """Parses a comma-separated list of integers such as `--lr_steps=15000,25000`."""
     if isinstance(text, (list, tuple)):
@@ -93,6 +105,27 @@ def flag_error(flag, message):
     usage_error("--%s: %s" % (flag, message))
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line naming the flag, as flag_error's, not the whole usage first."""
+
+    def error(self, message):
+        usage_error("%s (see --help)" % message)
+
+
+@contextlib.contextmanager
+def exit_on(*error_types):
+    """Ends the script with a one-line `error: ...` and exit code 1 on the failures a user can act on.
+
+    A context manager or a decorator. The errors meant here (a bad file, a killed worker, a full disk) name their
+    cause in their message's first line; a traceback would only bury it.
+    """
+    try:
+        yield
+    except error_types as error:
+        sys.stderr.write("error: %s\n" % (str(error).splitlines() or [type(error).__name__])[0])
+        sys.exit(1)
+
+
 def check_cuda(use_gpu):
     """Fails with a clear message when --use_gpu=True is asked of a CPU build of Paddle."""
     if use_gpu and not cuda_is_compiled():
@@ -101,12 +134,9 @@ def check_cuda(use_gpu):
 
 
 def recall_topk(fea, lab, k=1):
-    """Recall@k as the original: L2-normalised features, Euclidean distance, the query itself excluded."""
-    import numpy as np
-    fea = np.asarray(fea, dtype=np.float64)
-    fea = fea / np.maximum(np.linalg.norm(fea, axis=1, keepdims=True), 1e-12)
-    lab = np.asarray(lab).ravel()
-    similarity = fea @ fea.T
-    np.fill_diagonal(similarity, -np.inf)
-    top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    return float(np.mean((lab[top] == lab[:, None]).any(axis=1)))
+    """Recall@k as the original: L2-normalised features, Euclidean distance, the query itself excluded.
+
+    Computed exactly by metrics.py in blocks; ties between a positive and a negative count against the positive.
+    """
+    import metrics
+    return metrics.retrieval_metrics(fea, lab, recall_ks=(k,))["recall@%d" % k]

@@ -45,3 +45,17 @@ def test_flag_error_exits_2_naming_the_flag(capsys):
         utility.flag_error("lr_steps", "must increase")
     assert caught.value.code == 2
     assert capsys.readouterr().err == "error: --lr_steps: must increase\n"
+
+
+def test_recall_topk_against_brute_force():
+    import numpy as np
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(60, 5))
+    labels = rng.integers(0, 12, size=60)
+    normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = ((normalised[:, None] - normalised[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    for k in (1, 3, 10):
+        nearest = np.argsort(distances, axis=1)[:, :k]
+        expected = np.mean([(labels[row] == labels[i]).any() for i, row in enumerate(nearest)])
+        assert utility.recall_topk(features, labels, k=k) == pytest.approx(expected)

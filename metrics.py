@@ -1,0 +1,349 @@
+"""Exact retrieval metrics: Recall@K, MAP@R and R-Precision from one blocked pass over the similarity matrix.
+
+Rules (the original ``recall_topk``, made exact and extended):
+
+* Features are L2-normalised here and items ranked by cosine similarity, which orders them as the original's
+  Euclidean distance between normalised features does. An all-zero feature stays zero (similarity 0 to all).
+* All-vs-all (no gallery given): each image queries all the others; the query itself is excluded by index, so
+  a duplicate of it still counts. With a gallery: each query against the whole gallery, nothing excluded.
+* Ties are pessimistic: a negative with the same similarity as a positive ranks before it. The result does not
+  depend on the order of the data (the original left ties to ``np.argsort``).
+* A query without positive (a class of one image; with a gallery, a label the gallery lacks) is a miss for
+  Recall@K, as in the original, which divides by the number of images. MAP@R and R-Precision leave it out
+  (R = 0 makes them undefined), as pytorch-metric-learning does. ``num_no_positive`` reports how many.
+* Recall@K: share of queries with a positive among their K nearest. With R the number of positives of a query,
+  R-Precision is the share of positives among its R nearest, and MAP@R = (1/R) * sum over ranks i <= R of
+  precision@i where item i is a positive (Musgrave et al., "A Metric Learning Reality Check", 2020).
+
+Method, per block S of query rows: the m-th best positive (similarity t_m, t_1 >= t_2 >= ...) has rank
+m + #{negatives with similarity >= t_m}. Recall@K only needs m = 1 and MAP@R only ranks <= R, so:
+
+1. gather the positives' similarities from S;
+2. tau, a lower bound of the R-th largest similarity of the row: the R-th largest of the maxima of
+   ``_GROUPS`` column groups over a quarter of the row (R groups give R items >= it), at least t_R;
+3. one comparison pass counts the items >= min(tau, t_1). If t_1 < tau, R negatives beat every positive:
+   the count gives the best positive's rank and MAP@R = R-Precision = 0. Otherwise the few items >= tau hold
+   every rank <= R and the best positive: they are extracted and ranked exactly;
+4. a row with unusually many items >= tau (mass ties, collapsed features) is counted once per positive instead.
+
+No row is sorted and no N x N matrix exists: memory is one block plus its candidates.
+"""
+import contextlib
+import math
+
+import numpy as np
+
+DEFAULT_RECALL_KS = (1, 10, 100, 1000)
+DEFAULT_MEMORY_MB = 256
+_GROUPS = 256                          # column groups for the bound tau (a multiple of 8)
+_GROUP_STEP = 4                        # tau reads every 4th chunk of _GROUPS columns: a quarter of each row
+_CAP_BASE, _CAP_PER_POSITIVE = 64, 8   # more candidates than this in a row: counted, not extracted
+_CANDIDATE_BYTES = 96                  # host memory per extracted candidate (indices, values, sort keys)
+
+
+def l2_normalize(features, out=None):
+    """Rows of `features` (N x ...) as float32 unit vectors; all-zero rows stay zero. Writes into `out` if given."""
+    features = np.asarray(features)
+    flat = features.reshape(len(features), -1)
+    if out is None:
+        out = np.empty(flat.shape, np.float32)
+    out[...] = flat
+    if not np.isfinite(out).all():
+        raise ValueError("features contain NaN or infinity")
+    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
+    out /= np.where(norms > 0, norms, 1)[:, None]
+    return out
+
+
+def _group_width(max_positives):
+    return max(_GROUPS, 8 * math.ceil(2 * max_positives / 8))
+
+
+def block_rows(num_gallery, memory_mb=DEFAULT_MEMORY_MB, max_positives=1, paddle=False):
+    """Query rows per block so that one block's working memory (similarities, mask, candidates) fits memory_mb.
+
+    The normalised copy of the features (N x D float32) comes on top of that budget.
+    """
+    width = _group_width(max_positives)
+    padded = width * math.ceil((num_gallery + 1) / width)
+    per_element = (_PaddleBlocks if paddle else _NumpyBlocks).bytes_per_element
+    per_row = (padded * per_element + width * 8 + (max_positives + 1) * 24
+               + (_CAP_BASE + _CAP_PER_POSITIVE * max_positives) * _CANDIDATE_BYTES)
+    return max(1, int(memory_mb * 2**20 // per_row))
+
+
+def retrieval_metrics(query_features, query_labels, gallery_features=None, gallery_labels=None,
+                      recall_ks=DEFAULT_RECALL_KS, memory_mb=DEFAULT_MEMORY_MB, use_gpu=False,
+                      backend=None, block_size=None):
+    """Exact Recall@K for each K in `recall_ks`, MAP@R and R-Precision (rules in the module docstring).
+
+    query_features: N x D (any float type; reshaped to N x -1), query_labels: N labels of any comparable type.
+    gallery_features, gallery_labels: None for all-vs-all (the query itself excluded), or the gallery to search.
+    memory_mb: working-memory budget of one block; block_size (query rows) overrides it.
+    use_gpu: run the blocks through Paddle on GPU 0. backend: 'numpy' (default on CPU) or 'paddle' (Paddle ops
+    on the CPU, or on the GPU with use_gpu); the Paddle path also works while the caller's script is static.
+    Returns {'recall@K': float for each K, 'map@r': float, 'r_precision': float,
+             'num_queries': int, 'num_no_positive': int}.
+    """
+    ks = sorted({int(k) for k in recall_ks})
+    if not ks or ks[0] < 1:
+        raise ValueError("recall_ks must be positive integers, got %r" % (recall_ks,))
+    if (gallery_features is None) != (gallery_labels is None):
+        raise ValueError("give both gallery_features and gallery_labels, or neither")
+    if backend not in (None, "numpy", "paddle") or (use_gpu and backend == "numpy"):
+        raise ValueError("backend must be 'numpy' or 'paddle' (use_gpu needs 'paddle'), got %r" % (backend,))
+    same = gallery_features is None
+    query_labels = np.asarray(query_labels).reshape(-1)
+    gallery_labels = query_labels if same else np.asarray(gallery_labels).reshape(-1)
+    query_features = np.asarray(query_features)
+    gallery_features = query_features if same else np.asarray(gallery_features)
+    for name, feats, labels in (("query", query_features, query_labels),
+                                ("gallery", gallery_features, gallery_labels)):
+        if len(feats) == 0 or len(feats) != len(labels):
+            raise ValueError("%s: %d features but %d labels (need at least one)" % (name, len(feats), len(labels)))
+
+    positives = _Positives(gallery_labels, query_labels, exclude_self=same)
+    max_positives = int(positives.num.max())
+    width = _group_width(max_positives)
+    num_gallery = len(gallery_labels)
+    padded = width * math.ceil((num_gallery + 1) / width)  # >= 1 padding column, always -inf
+    gallery = np.zeros((padded, int(np.prod(gallery_features.shape[1:]))), np.float32)
+    l2_normalize(gallery_features, out=gallery[:num_gallery])
+    queries = gallery[:num_gallery] if same else l2_normalize(query_features)
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError("query and gallery dimensions differ: %d vs %d" % (queries.shape[1], gallery.shape[1]))
+
+    ranks = _Ranks(len(queries))
+    if max_positives > 0:
+        paddle_path = use_gpu or backend == "paddle"
+        rows = block_size or block_rows(num_gallery, memory_mb, max_positives, paddle_path)
+        rows = min(int(rows), len(queries))
+        if paddle_path:
+            with _dygraph() as paddle:
+                if use_gpu and not paddle.is_compiled_with_cuda():
+                    raise ValueError("use_gpu=True needs a CUDA build of PaddlePaddle")
+                place = paddle.CUDAPlace(0) if use_gpu else paddle.CPUPlace()
+                _scan(_PaddleBlocks(paddle, place, gallery, num_gallery), queries, positives, same, rows,
+                      width, ranks)
+        else:
+            _scan(_NumpyBlocks(gallery, num_gallery, rows), queries, positives, same, rows, width, ranks)
+    return ranks.summary(positives.num > 0, ks)
+
+
+class _Positives:
+    """Gallery items grouped by label: the positives of a query are one run of `order`."""
+
+    def __init__(self, gallery_labels, query_labels, exclude_self):
+        self.gallery_labels, self.query_labels = gallery_labels, query_labels
+        self.order = np.argsort(gallery_labels, kind="stable")
+        labels, first, counts = np.unique(gallery_labels[self.order], return_index=True, return_counts=True)
+        at = np.searchsorted(labels, query_labels).clip(max=len(labels) - 1)
+        self.first = first[at]
+        self.count = np.where(labels[at] == query_labels, counts[at], 0)
+        self.num = np.maximum(self.count - int(exclude_self), 0)  # R of each query
+
+    def columns(self, r0, r1, pad_column):
+        """Gallery columns of the positives of queries r0..r1-1 (self included), padded with pad_column."""
+        count = self.count[r0:r1]
+        j = np.arange(max(int(count.max()), 1))
+        at = np.minimum(self.first[r0:r1, None] + j, len(self.order) - 1)
+        return np.where(j < count[:, None], self.order[at], pad_column)
+
+    def match(self, query, column):
+        """True where gallery `column` has the label of `query` (self never gets here: its similarity is -inf)."""
+        return self.gallery_labels[column] == self.query_labels[query]
+
+
+class _Ranks:
+    """Per query: negatives at or above the best positive (n1), AP@R and R-Precision."""
+
+    def __init__(self, n):
+        self.n1 = np.zeros(n, np.int64)
+        self.ap = np.zeros(n)
+        self.rp = np.zeros(n)
+
+    def summary(self, has_positive, ks):
+        out = {"recall@%d" % k: float(np.mean(has_positive & (self.n1 < k))) for k in ks}
+        counted = int(has_positive.sum())
+        out["map@r"] = float(self.ap[has_positive].sum() / counted) if counted else 0.0
+        out["r_precision"] = float(self.rp[has_positive].sum() / counted) if counted else 0.0
+        out["num_queries"] = len(has_positive)
+        out["num_no_positive"] = len(has_positive) - counted
+        return out
+
+
+def _scan(blocks, queries, positives, same, rows, width, ranks):
+    """Fill `ranks`: one similarity block of `rows` queries at a time, ranked in slices of blocks.pass_rows."""
+    for r0 in range(0, len(queries), rows):
+        r1 = min(r0 + rows, len(queries))
+        if not positives.num[r0:r1].any():
+            continue
+        s = blocks.similarities(queries[r0:r1], r0 if same else None)
+        maxima = -np.sort(-blocks.group_max(s, width, _GROUP_STEP), axis=1)
+        step = blocks.pass_rows or rows
+        for c0 in range(r0, r1, step):
+            c1 = min(c0 + step, r1)
+            _rank_rows(blocks, s if step >= rows else s[c0 - r0:c1 - r0], maxima[c0 - r0:c1 - r0], c0, c1,
+                       positives, ranks)
+
+
+def _rank_rows(blocks, s, maxima, r0, r1, positives, ranks):
+    """Steps 1-4 of the module docstring for queries r0..r1-1: similarities s, sorted group maxima `maxima`."""
+    num = positives.num[r0:r1]
+    has = num > 0
+    at = np.arange(r1 - r0)
+    last = np.maximum(num - 1, 0)
+    t = -np.sort(-blocks.take(s, positives.columns(r0, r1, blocks.padded - 1)), axis=1)  # best first
+    tau = np.maximum(maxima[at, last], t[at, last])
+    theta = np.where(has, np.minimum(tau, t[:, 0]), np.inf).astype(np.float32)
+    count = blocks.count_ge(s, theta)
+    ranked = has & (t[:, 0] >= tau)  # the best positive is among the items >= tau
+    ranks.n1[r0:r1] = np.where(ranked, 0, count - (t >= theta[:, None]).sum(axis=1))
+    heavy = ranked & (count > _CAP_BASE + _CAP_PER_POSITIVE * num)
+    light = ranked & ~heavy
+    if light.any():
+        row, col, value = blocks.candidates(s, theta, light)
+        n1, ap, rp = _rank_candidates(row, value, positives.match(row + r0, col), num)
+        ranks.n1[r0:r1][light] = n1[light]
+        ranks.ap[r0:r1][light] = ap[light]
+        ranks.rp[r0:r1][light] = rp[light]
+    for i in np.flatnonzero(heavy):
+        _count_row(blocks, s, i, t[i, :num[i]], tau[i], ranks, r0 + i)
+
+
+def _rank_candidates(row, value, is_pos, num):
+    """Exact ranks among the extracted items of each row: sort by (row, similarity desc, negatives first)."""
+    b = len(num)
+    order = np.lexsort((is_pos, -value, row))
+    row, is_pos = row[order], is_pos[order]
+    start = np.searchsorted(row, np.arange(b))
+    rank = np.arange(1, len(row) + 1) - start[row]
+    m = np.cumsum(is_pos)
+    m = m - np.concatenate(([0], m))[start][row]  # 1-based index of each positive within its row
+    row, rank, m = row[is_pos], rank[is_pos], m[is_pos]
+    n1 = np.zeros(b, np.int64)
+    n1[row[m == 1]] = rank[m == 1] - 1
+    hit = rank <= num[row]
+    r = np.maximum(num, 1)
+    ap = np.bincount(row[hit], m[hit] / rank[hit], minlength=b) / r
+    rp = np.bincount(row[hit], minlength=b) / r
+    return n1, ap, rp
+
+
+def _count_row(blocks, s, i, t, tau, ranks, query):
+    """Ranks of one row's positives by counting the items >= each positive that can still rank <= R."""
+    kept = t[t >= tau]  # positives below tau rank after R
+    above = blocks.count_row(s, i, kept) - (t[None, :] >= kept[:, None]).sum(axis=1)
+    m = np.arange(1, len(kept) + 1)
+    rank = m + above
+    hit = rank <= len(t)
+    ranks.n1[query] = above[0]
+    ranks.ap[query] = (m[hit] / rank[hit]).sum() / len(t)
+    ranks.rp[query] = hit.sum() / len(t)
+
+
+class _NumpyBlocks:
+    """Blocks on the CPU: the product through NumPy's BLAS; the passes over slices that stay in the cache."""
+
+    bytes_per_element = 4  # float32 similarity (the mask of one slice is a few MB)
+    cache_bytes = 2 << 20  # bool mask of one slice of rows
+
+    def __init__(self, gallery, num_gallery, rows):
+        self.gallery, self.num_gallery, self.padded = gallery, num_gallery, len(gallery)
+        self.pass_rows = max(1, self.cache_bytes // self.padded)
+        self._s = np.empty((rows, self.padded), np.float32)
+        self._mask = np.empty((min(rows, self.pass_rows), self.padded), bool)
+
+    def similarities(self, queries, self_offset):
+        b = len(queries)
+        s = self._s[:b]
+        np.matmul(queries, self.gallery.T, out=s)
+        s[:, self.num_gallery:] = -np.inf
+        if self_offset is not None:
+            s[np.arange(b), self_offset + np.arange(b)] = -np.inf
+        return s
+
+    def take(self, s, columns):
+        return np.take_along_axis(s, columns, axis=1)
+
+    def group_max(self, s, width, step):
+        """Maxima of `width` column groups: group j is column j of every `step`-th chunk of `width` columns."""
+        acc = s[:, :width].copy()
+        for c in range(step * width, s.shape[1], step * width):
+            np.maximum(acc, s[:, c:c + width], out=acc)
+        return acc
+
+    def count_ge(self, s, theta):
+        mask = self._mask[:len(s)]
+        np.greater_equal(s, theta[:, None], out=mask)
+        if hasattr(np, "bitwise_count"):  # NumPy >= 2: popcount of 8 mask bytes at a time
+            return np.bitwise_count(mask.view(np.uint64)).sum(axis=1, dtype=np.int64)
+        return np.count_nonzero(mask, axis=1).astype(np.int64)
+
+    def candidates(self, s, theta, rows):
+        """(row, column, similarity) of the items >= theta in the chosen rows; follows count_ge(s, theta)."""
+        mask = self._mask[:len(s)]
+        mask[~rows] = False
+        flat = np.flatnonzero(mask)
+        row, col = np.divmod(flat, self.padded)
+        return row, col, s.reshape(-1)[flat]
+
+    def count_row(self, s, i, thresholds):
+        return np.array([np.count_nonzero(s[i] >= x) for x in thresholds], np.int64)
+
+
+class _PaddleBlocks:
+    """The same blocks as Paddle tensors on `place`: only counts and candidates come back to the host."""
+
+    bytes_per_element = 10  # float32 similarity, bool mask, int32 temporary
+    pass_rows = None        # rank whole blocks: fewer, larger device ops
+
+    def __init__(self, paddle, place, gallery, num_gallery):
+        self.paddle, self.place = paddle, place
+        self.gallery = paddle.to_tensor(gallery, place=place)
+        self.num_gallery, self.padded = num_gallery, len(gallery)
+
+    def _tensor(self, x):
+        return self.paddle.to_tensor(x, place=self.place)
+
+    def similarities(self, queries, self_offset):
+        s = self.paddle.matmul(self._tensor(queries), self.gallery, transpose_y=True)
+        s[:, self.num_gallery:] = -np.inf
+        if self_offset is not None:
+            at = self._tensor(np.arange(len(queries)))
+            s[at, at + self_offset] = -np.inf
+        return s
+
+    def take(self, s, columns):
+        return self.paddle.index_sample(s, self._tensor(columns)).numpy()
+
+    def group_max(self, s, width, step):
+        return s.reshape([s.shape[0], -1, width])[:, ::step, :].max(axis=1).numpy()
+
+    def count_ge(self, s, theta):
+        return (s >= self._tensor(theta[:, None])).astype("int32").sum(axis=1).numpy().astype(np.int64)
+
+    def candidates(self, s, theta, rows):
+        mask = self.paddle.logical_and(s >= self._tensor(theta[:, None]), self._tensor(rows[:, None]))
+        at = self.paddle.nonzero(mask)
+        value = self.paddle.gather_nd(s, at).numpy()
+        at = at.numpy()
+        return at[:, 0], at[:, 1], value
+
+    def count_row(self, s, i, thresholds):
+        above = s[int(i)].unsqueeze(0) >= self._tensor(thresholds[:, None])
+        return above.astype("int32").sum(axis=1).numpy().astype(np.int64)
+
+
+@contextlib.contextmanager
+def _dygraph():
+    """Paddle in dynamic mode inside, whatever mode the calling script is in; that mode is restored after."""
+    import paddle
+    static = not paddle.in_dynamic_mode()
+    if static:
+        paddle.disable_static()
+    try:
+        yield paddle
+    finally:
+        if static:
+            paddle.enable_static()
