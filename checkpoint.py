@@ -2,8 +2,10 @@
 
 A checkpoint is a directory `model_save_dir/<model>/<iteration>/` holding `model.pdparams` (parameters and batch-norm
 statistics), `model.pdopt` (momentum), `model.json` (the program) and `trainer_state.json` (iteration, learning-rate
-schedule, flags). It is written into a hidden sibling directory and renamed into place only once complete, so a
-crash or Ctrl-C during a save leaves the previous checkpoint as it was.
+schedule, flags, and the size and CRC-32 of each model file). It is written into a hidden sibling directory and
+renamed into place only once complete, so a crash or Ctrl-C during a save leaves the previous checkpoint as it was; a
+file truncated or corrupted later is caught on load, by name. A lock file in `model_save_dir/<model>` keeps a second
+training run from saving into the same directory.
 
 Pretrained weights come from any of three sources, matched by variable name and shape:
 - a checkpoint directory of this suite (train_elem's output feeding train_pair);
@@ -11,18 +13,24 @@ Pretrained weights come from any of three sources, matched by variable name and 
 - a directory of per-variable files in the Fluid `save_persistables` format, which is what the original's
   ImageNet `*_pretrained.tar` files unpack to.
 """
+import fcntl
 import json
 import os
+import pickletools
 import shutil
 import struct
+import zlib
 
 import numpy as np
 import paddle
 
 MODEL_PREFIX = "model"
 STATE_FILE = "trainer_state.json"
-# Optimizer state and the learning rate belong to a run, not to a model: never taken from pretrained weights.
-RUN_STATE_MARKERS = ("_velocity_", "learning_rate_")
+CHECKSUMS_KEY = "checksums"
+LOCK_FILE = "train.lock"
+# Optimizer state, the learning rate and float16 AMP's loss scaling belong to a run, not to a model: never taken
+# from pretrained weights.
+RUN_STATE_MARKERS = ("_velocity_", "learning_rate_", "loss_scaling_", "num_good_steps_", "num_bad_steps_")
 
 
 class CheckpointError(RuntimeError):
@@ -45,17 +53,45 @@ def _fsync_tree(directory):
     _fsync_directory(directory)
 
 
+def _file_checksum(path):
+    checksum = 0
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            checksum = zlib.crc32(chunk, checksum)
+    return {"bytes": os.path.getsize(path), "crc32": checksum}
+
+
+def _verify_files(directory, checksums):
+    """Compares each file with the size and CRC-32 recorded when the checkpoint was saved."""
+    for name, saved in sorted(checksums.items()):
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            raise CheckpointError("%s: missing from the checkpoint" % path)
+        current = _file_checksum(path)
+        if current["bytes"] != saved["bytes"]:
+            raise CheckpointError("%s: cannot be read: %d bytes, but %d when saved; the file is truncated or was "
+                                  "overwritten" % (path, current["bytes"], saved["bytes"]))
+        if current["crc32"] != saved["crc32"]:
+            raise CheckpointError("%s: cannot be read: its CRC-32 differs from when it was saved; the file is corrupted"
+                                  % path)
+
+
 def save_checkpoint(program, directory, trainer_state):
-    """Writes program's persistable variables and `trainer_state` to `directory`, atomically."""
+    """Writes program's persistable variables and `trainer_state` to `directory`, atomically.
+
+    A failure (a full disk, a read-only directory) is a CheckpointError naming `directory`; the half-written staging
+    directory is removed and the checkpoints saved before are not touched.
+    """
     parent, name = os.path.split(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
     staging = os.path.join(parent, ".%s.saving-%d" % (name, os.getpid()))
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
     try:
+        os.makedirs(parent, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
         paddle.static.save(program, os.path.join(staging, MODEL_PREFIX))
+        checksums = {file_name: _file_checksum(os.path.join(staging, file_name)) for file_name in os.listdir(staging)}
         with open(os.path.join(staging, STATE_FILE), "w") as state_file:
-            json.dump(trainer_state, state_file, indent=1, sort_keys=True)
+            state_file.write(json.dumps(dict(trainer_state, **{CHECKSUMS_KEY: checksums}), indent=1, sort_keys=True))
         _fsync_tree(staging)
         if os.path.exists(directory):
             retired = os.path.join(parent, ".%s.replaced-%d" % (name, os.getpid()))
@@ -65,6 +101,10 @@ def save_checkpoint(program, directory, trainer_state):
         else:
             os.rename(staging, directory)
         _fsync_directory(parent)
+    except Exception as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise CheckpointError("%s: cannot be saved (%s: %s); the checkpoints saved before it are kept"
+                              % (directory, type(error).__name__, error)) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -83,23 +123,47 @@ def find_checkpoint(path):
     raise CheckpointError("%s: not a checkpoint (no %s in it or in a numbered sub-directory)" % (path, STATE_FILE))
 
 
+def _first_unreadable(prefix):
+    """Which of the pickles load_program_state reads is damaged; pickletools parses them without running them."""
+    for path in (prefix + ".pdparams", prefix + ".pdopt"):
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                for _ in pickletools.genops(handle):
+                    pass
+        except Exception:
+            return path
+    return prefix + ".pdparams"
+
+
 def _read_program_state(prefix):
     try:
-        return paddle.static.load_program_state(prefix)
+        state = paddle.static.load_program_state(prefix)
+        # Files saved from a dynamic graph also hold a dict of structured names, which is no variable.
+        return {name: value for name, value in state.items() if isinstance(value, np.ndarray)}
     except Exception as error:
-        raise CheckpointError("%s.pdparams: cannot be read (%s: %s); the file is truncated or not a Paddle "
-                              "checkpoint" % (prefix, type(error).__name__, error)) from None
+        raise CheckpointError("%s: cannot be read (%s: %s); the file is truncated or not a Paddle checkpoint"
+                              % (_first_unreadable(prefix), type(error).__name__, error)) from None
 
 
-def load_checkpoint(program, path):
-    """Restores every persistable of `program` from a checkpoint for an exact resume; returns its trainer state."""
-    directory = find_checkpoint(path)
+def _read_trainer_state(directory):
     state_path = os.path.join(directory, STATE_FILE)
     try:
         with open(state_path) as state_file:
             trainer_state = json.load(state_file)
     except (OSError, ValueError) as error:
         raise CheckpointError("%s: cannot be read (%s)" % (state_path, error)) from None
+    if not isinstance(trainer_state, dict):
+        raise CheckpointError("%s: not a trainer state (a JSON object)" % state_path)
+    return trainer_state
+
+
+def load_checkpoint(program, path):
+    """Restores every persistable of `program` from a checkpoint for an exact resume; returns its trainer state."""
+    directory = find_checkpoint(path)
+    trainer_state = _read_trainer_state(directory)
+    _verify_files(directory, trainer_state.pop(CHECKSUMS_KEY, {}))
     saved = _read_program_state(os.path.join(directory, MODEL_PREFIX))
     expected = {name: tuple(value.shape()) for name, value in program.state_dict().items()}
     missing = sorted(set(expected) - set(saved))
@@ -150,6 +214,8 @@ def read_weights(path):
     if not os.path.exists(path) and not os.path.exists(path + ".pdparams"):
         raise CheckpointError("%s: no such file or directory" % path)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, MODEL_PREFIX + ".pdparams")):
+        if os.path.isfile(os.path.join(path, STATE_FILE)):
+            _verify_files(path, _read_trainer_state(path).get(CHECKSUMS_KEY, {}))
         return _read_program_state(os.path.join(path, MODEL_PREFIX)), "checkpoint directory"
     if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
         return read_weights(find_checkpoint(path))
@@ -190,3 +256,53 @@ def load_pretrained(program, path, log=print):
     if missing:
         log("  missing, kept initialised: %s" % ", ".join(missing[:10] + (["..."] if len(missing) > 10 else [])))
     return {"loaded": len(loaded), "missing": len(missing), "mismatched": len(wrong_shape), "unused": len(unused)}
+
+
+class SaveDirLock:
+    """Keeps a second training run from saving checkpoints into the same `model_save_dir/<model>` as this one.
+
+    A context manager holding flock() on LOCK_FILE, which contains the owner's pid for the messages. The kernel drops a
+    flock when its holder dies, so a lock file left by a killed run is free to take: its pid only makes a warning.
+    With `force`, a directory locked by a live run is used anyway.
+    """
+
+    def __init__(self, directory, force=False, log=print):
+        self.path = os.path.join(directory, LOCK_FILE)
+        self.force = force
+        self.log = log
+        self.descriptor = None
+
+    def __enter__(self):
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise CheckpointError("%s: cannot create the lock file (%s)" % (self.path, error.strerror)) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(descriptor)
+            if not self.force:
+                raise CheckpointError("%s: training run pid %s is saving checkpoints into this directory; wait for it "
+                                      "to end, choose another --model_save_dir, or pass --force" % (self.path, owner))
+            self.log("warning: --force: saving into %s, where training run pid %s is saving too"
+                     % (os.path.dirname(self.path), owner))
+            return self
+        stale_owner = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
+        if stale_owner:
+            self.log("warning: taking over %s from training run pid %s, which ended without releasing it"
+                     % (self.path, stale_owner))
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, b"%d\n" % os.getpid(), 0)
+        self.descriptor = descriptor
+        return self
+
+    def __exit__(self, *exc_info):
+        if self.descriptor is None:
+            return
+        os.ftruncate(self.descriptor, 0)
+        # Unlocked explicitly: forked reader workers share the descriptor, and closing it here would not release it.
+        fcntl.flock(self.descriptor, fcntl.LOCK_UN)
+        os.close(self.descriptor)
+        self.descriptor = None

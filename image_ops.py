@@ -31,7 +31,7 @@ def load_rgb(path):
         with Image.open(path) as image:
             image.load()
             return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Exception as error:  # malformed files make PIL raise OSError, ValueError, SyntaxError, struct.error, ...
         raise BadImageError(path, "%s: %s" % (type(error).__name__, error)) from None
 
 
@@ -43,7 +43,9 @@ def to_rgb(image):
     """
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if pixels.max() > 255 else 255.0
+        # "I;16" is 16-bit whatever its values (a dark image must stay dark); "I" (32-bit) holds 16-bit samples from
+        # some formats and 8-bit ones from others, so there only the values can tell.
+        peak = 65535.0 if image.mode != "I" or pixels.max() > 255 else 255.0
         image = Image.fromarray(np.round(pixels * (255.0 / peak)).astype(np.uint8), mode="L")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

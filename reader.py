@@ -11,18 +11,21 @@ Sampling, by loss:
   `samples_each_class` images each, consecutive in the batch. Classes with fewer images than that are left out of
   sampling (a warning counts them): repeating an image would make a trivially easy positive pair.
 Every sampler is a pure function of (seed, batch index), so a resumed run draws the very batches it would have drawn,
-and so does augmentation: its random generator is seeded per batch, not per worker, so the decoded batches are the
-same whatever the number of workers.
+and so does augmentation: its random generator is seeded per image, from the batch index and the image's position in
+the global batch, not per worker or rank, so the decoded batches are the same whatever the number of workers, and the
+shares of data-parallel ranks put together are exactly the single-process batch.
 """
 import collections
 import os
+import re
 import sys
+import unicodedata
 import warnings
 
 import numpy as np
 
 import image_ops
-from worker_pool import OrderedWorkerPool
+from worker_pool import OrderedWorkerPool, WorkerDiedError, WorkerError
 
 LIST_HEADER = ("image_id", "class_id", "super_class_id", "path")
 TRAIN_LIST = "Ebay_train.txt"
@@ -32,6 +35,9 @@ CLASS_BALANCED_LOSSES = ("quadruplet", "eml", "npairs")
 # Independent random streams derived from the one --seed.
 SAMPLING_STREAM, AUGMENT_STREAM = 1, 2
 MAX_REPLACEMENT_TRIES = 10
+# Fields are separated by spaces and tabs only: str.split() would also split on form feeds, non-breaking spaces and
+# other characters that have no business in a list file, and quietly turn them into separators.
+FIELD_SEPARATOR = re.compile(r"[ \t]+")
 
 
 class ListFormatError(ValueError):
@@ -40,6 +46,11 @@ class ListFormatError(ValueError):
 
 class TooManyBadImagesError(RuntimeError):
     """Training met more unreadable images than --max_bad_images allows."""
+
+
+# What reading data can fail with through no fault of the program (a bad file, a killed worker): the scripts report
+# these as one line, not a traceback.
+READ_ERRORS = (ListFormatError, TooManyBadImagesError, image_ops.BadImageError, WorkerError, WorkerDiedError)
 
 
 ImageList = collections.namedtuple("ImageList", "list_path data_root image_ids class_ids super_class_ids paths")
@@ -65,12 +76,16 @@ def read_image_list(list_path, data_root=None):
     image_ids, class_ids, super_class_ids, paths = [], [], [], []
     first_line_of_id = {}
     header_seen = False
-    last_line = 0
-    for line_number, line in enumerate(text.splitlines(), start=1):
-        last_line = line_number
-        fields = line.split()
-        if not fields:
+    # Lines end at "\n" only (a "\r" before it is dropped), so line numbers are the ones editors and `sed -n` show;
+    # str.splitlines() would also break at form feeds and other separators and shift every number after them.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    for line_number, line in enumerate(lines, start=1):
+        line = line[:-1] if line.endswith("\r") else line
+        if not line.strip(" \t"):
             continue
+        fields = FIELD_SEPARATOR.split(line.strip(" \t"))
         if not header_seen:
             if tuple(fields) != LIST_HEADER:
                 fail(line_number, "expected the header %r, got %r" % (" ".join(LIST_HEADER), line.strip()))
@@ -78,32 +93,36 @@ def read_image_list(list_path, data_root=None):
             continue
         if len(fields) != 4:
             fail(line_number, "expected 4 fields (%s), got %d" % (" ".join(LIST_HEADER), len(fields)))
-        try:
-            image_id, class_id, super_class_id = (int(field) for field in fields[:3])
-        except ValueError:
+        # int() would also take "+1", "1_0" and non-ASCII digits: an id is plain ASCII digits or the line is wrong.
+        if not all(field.isascii() and field.isdigit() for field in fields[:3]):
             fail(line_number, "image_id, class_id and super_class_id must be integers, got %r" % line.strip())
+        image_id, class_id, super_class_id = (int(field) for field in fields[:3])
         if min(image_id, class_id, super_class_id) < 1:
             fail(line_number, "ids are 1-based, got %r" % line.strip())
         if image_id in first_line_of_id:
             fail(line_number, "image_id %d repeats line %d" % (image_id, first_line_of_id[image_id]))
         first_line_of_id[image_id] = line_number
+        if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in fields[3]):
+            fail(line_number, "path %r contains a control character or line separator" % fields[3])
         relative = os.path.normpath(fields[3])
         if os.path.isabs(relative) or relative == ".." or relative.startswith(".." + os.sep):
             fail(line_number, "path %r leaves the data root %s" % (fields[3], data_root))
+        if relative == ".":
+            fail(line_number, "path %r is the data root itself, not an image file" % fields[3])
         image_ids.append(image_id)
         class_ids.append(class_id)
         super_class_ids.append(super_class_id)
         paths.append(os.path.join(data_root, relative))
     if not header_seen:
-        fail(max(last_line, 1), "empty list file: expected the header %r" % " ".join(LIST_HEADER))
+        fail(max(len(lines), 1), "empty list file: expected the header %r" % " ".join(LIST_HEADER))
     if not paths:
-        fail(last_line, "no images listed after the header")
+        fail(len(lines), "no images listed after the header")
     return ImageList(list_path, data_root, np.array(image_ids, dtype=np.int64), np.array(class_ids, dtype=np.int64),
                      np.array(super_class_ids, dtype=np.int64), paths)
 
 
-def batch_rng(seed, stream, batch_index):
-    return np.random.default_rng([seed, stream, batch_index])
+def batch_rng(seed, stream, *position):
+    return np.random.default_rng([seed, stream, *position])
 
 
 class ShuffledSampler:
@@ -225,13 +244,13 @@ class BatchDecoder:
         self.by_class = indices_by_class(labels) if train else None
 
     def __call__(self, task, out):
-        batch_index, indices, seed = task
-        rng = batch_rng(seed, AUGMENT_STREAM, batch_index)
+        batch_index, indices, seed, first_row = task
         bad_paths = []
         for row, index in enumerate(indices):
             if not self.train:
                 image_ops.process_test_image(image_ops.load_rgb(self.paths[index]), out[row])
                 continue
+            rng = batch_rng(seed, AUGMENT_STREAM, batch_index, first_row + row)
             image = self._load_or_replace(index, rng, bad_paths)
             image_ops.process_train_image(image, out[row], self.crop_scale_min, self.random_flip, self.rotate, rng)
         return len(indices), (self.labels[indices].reshape(-1, 1), bad_paths)
@@ -281,7 +300,7 @@ def train_batches(image_list, loss_name, batch_size, image_shape, samples_each_c
         batch_index = start_batch
         while True:
             indices = sampler.batch(batch_index)[rank * per_rank:(rank + 1) * per_rank]
-            yield batch_index, indices, seed
+            yield batch_index, indices, seed, rank * per_rank
             batch_index += 1
 
     decoder = BatchDecoder(image_list, labels, train=True, crop_scale_min=crop_scale_min,
@@ -291,7 +310,7 @@ def train_batches(image_list, loss_name, batch_size, image_shape, samples_each_c
 
 def _sequential_tasks(num_images, batch_size):
     for batch_index, start in enumerate(range(0, num_images, batch_size)):
-        yield batch_index, np.arange(start, min(start + batch_size, num_images)), 0
+        yield batch_index, np.arange(start, min(start + batch_size, num_images)), 0, start
 
 
 def eval_batches(data_dir, batch_size, image_shape, num_workers=2, list_name=TEST_LIST):

@@ -5,12 +5,16 @@ slot in place and returns `(rows_used, metadata)`; results come back in task ord
 The number of slots bounds both memory and how far decoding runs ahead of training. Slots are shared-memory
 arrays made before the fork, so a batch of images crosses processes without being pickled.
 """
+import atexit
 import multiprocessing
+import multiprocessing.util
 import os
 import queue
 import signal
 import traceback
 from multiprocessing import shared_memory
+
+import weakref
 
 import numpy as np
 
@@ -19,8 +23,20 @@ WORKER_IDLE_POLL_SECONDS = 1.0
 JOIN_SECONDS = 2.0
 
 
+_LIVE_POOLS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_pools():
+    # Workers ignore SIGTERM, and at exit multiprocessing terminates daemonic children with SIGTERM and then joins
+    # them without a timeout: a pool nobody closed would hang the exit. atexit runs handlers last-registered first,
+    # and multiprocessing.util registered its own when imported above, so this one runs before it.
+    for pool in list(_LIVE_POOLS):
+        pool.close()
+
+
 class WorkerError(RuntimeError):
-    """A worker raised: the message carries the worker's own traceback."""
+    """A worker raised: the first line of the message says what, the lines after it are the worker's traceback."""
 
 
 class WorkerDiedError(RuntimeError):
@@ -28,10 +44,11 @@ class WorkerDiedError(RuntimeError):
 
 
 def _worker_loop(work, slots, task_queue, result_queue, parent_pid):
-    # Ctrl-C reaches the whole process group; only the main process decides how to stop. SIGTERM gets its default
-    # back, since a handler the main process installed before the fork is not meant for workers.
+    # Ctrl-C reaches the whole process group, and schedulers send SIGTERM to every process of a job: only the main
+    # process decides how to stop, and it needs its workers until it has. They end when it closes the pool, or by
+    # themselves within a second of it dying.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
             item = task_queue.get(timeout=WORKER_IDLE_POLL_SECONDS)
@@ -45,8 +62,9 @@ def _worker_loop(work, slots, task_queue, result_queue, parent_pid):
         try:
             rows, metadata = work(task, slots[slot])
             result_queue.put((sequence, slot, rows, metadata, None))
-        except Exception:
-            result_queue.put((sequence, slot, 0, None, traceback.format_exc()))
+        except Exception as error:
+            summary = "a reader worker failed: %s: %s" % (type(error).__name__, (str(error).splitlines() or [""])[0])
+            result_queue.put((sequence, slot, 0, None, summary + "\n" + traceback.format_exc()))
 
 
 class OrderedWorkerPool:
@@ -73,6 +91,7 @@ class OrderedWorkerPool:
         # fork: workers inherit the shared slots and the work object as they are, nothing is pickled or
         # re-imported (spawn would re-run the training script's imports, Paddle included, in every worker).
         context = multiprocessing.get_context("fork")
+        _LIVE_POOLS.add(self)
         self.task_queue = context.Queue()
         self.result_queue = context.Queue()
         for index in range(num_workers):
@@ -109,7 +128,7 @@ class OrderedWorkerPool:
                 finished[sequence] = (slot, rows, metadata, error)
             slot, rows, metadata, error = finished.pop(next_to_yield)
             if error is not None:
-                raise WorkerError("a reader worker failed:\n" + error)
+                raise WorkerError(error)
             batch = self.slots[slot][:rows].copy()
             free_slots.append(slot)
             next_to_yield += 1
@@ -121,11 +140,14 @@ class OrderedWorkerPool:
             yield self.slots[0][:rows].copy(), metadata
 
     def _next_result(self):
+        # Checked at every result, not only when results stop coming: a worker killed while idle holds no task, and
+        # the others would carry on without it, unnoticed.
         while True:
+            self._check_workers_alive()
             try:
                 return self.result_queue.get(timeout=RESULT_POLL_SECONDS)
             except queue.Empty:
-                self._check_workers_alive()
+                pass
 
     def _check_workers_alive(self):
         for worker in self.workers:
@@ -138,6 +160,7 @@ class OrderedWorkerPool:
 
     def close(self):
         """Stops the workers (politely, then by force) and frees the shared memory. Safe to call twice."""
+        self._drop_pending_tasks()
         for worker in self.workers:
             if worker.is_alive():
                 try:
@@ -159,6 +182,16 @@ class OrderedWorkerPool:
             memory.close()
             memory.unlink()
         self.memories = []
+
+    def _drop_pending_tasks(self):
+        # Otherwise the stop signals queue up behind batches nobody will read, and workers decode those first.
+        if not self.workers:
+            return
+        try:
+            while True:
+                self.task_queue.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            pass
 
     def __enter__(self):
         return self

@@ -72,7 +72,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tiny_program, tmp_path, mon
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(paddle.static, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(checkpoint.CheckpointError, match="No space left"):
         checkpoint.save_checkpoint(program, target, {"iteration": 8})
     assert {name: open(os.path.join(target, name), "rb").read() for name in os.listdir(target)} == before
     assert os.listdir(tmp_path) == ["7"]  # no staging directory left behind

@@ -2,6 +2,8 @@
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ import reader
 import worker_pool
 
 HEADER = "image_id class_id super_class_id path\n"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def class_colour(class_id):
@@ -364,3 +367,15 @@ def test_closing_the_stream_early_leaves_no_workers(sop_root):
     assert len(multiprocessing.active_children()) == 2
     stream.close()
     assert multiprocessing.active_children() == []
+
+
+def test_a_pool_nobody_closed_does_not_hang_the_exit(sop_root):
+    script = ("import sys; sys.path.insert(0, %r); import reader\n"
+              "stream = reader.train_batches(reader.read_train_list(%r), 'softmax', 4, (3, 8, 8), num_workers=2)\n"
+              "next(stream)\n"
+              "print('exiting with the stream open', flush=True)\n") % (ROOT, sop_root)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "exiting with the stream open" in result.stdout
+    assert time.monotonic() - started < 20

@@ -1,0 +1,43 @@
+"""Helpers shared by the fault-injection tests: tiny flags, in-process script runs, the one-line error."""
+import os
+
+import reader
+from data.make_toy_sop import make_toy_sop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False"]
+
+
+def make_toy_data(root):
+    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
+    return root
+
+
+def train_flags(data_dir, save_dir, loss_name="eml", iterations=2, **extra):
+    flags = TINY + ["--data_dir=%s" % data_dir, "--model_save_dir=%s" % save_dir, "--loss_name=%s" % loss_name,
+                    "--train_batch_size=6", "--test_batch_size=16", "--total_iter_num=%d" % iterations,
+                    "--display_iter_step=1", "--test_iter_step=1000", "--save_iter_step=1000", "--lr=0.01",
+                    "--num_workers=1"]
+    return flags + ["--%s=%s" % item for item in extra.items()]
+
+
+def run_main(script, flags, capsys):
+    """Runs a script's main() in this process; returns its exit code, stdout and stderr."""
+    try:
+        script.main(flags)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(output):
+    """The one `error: ...` line a failed script printed, after making sure there is no traceback."""
+    lines = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in output, output
+    return lines[0]
+
+
+def list_paths(data_dir, list_name):
+    return reader.read_image_list(os.path.join(data_dir, list_name)).paths
