@@ -11,12 +11,18 @@ import os
 import numpy as np
 import paddle
 
+import distributed
 import models
+import onednn
+import utility
 
 TrainProgram = collections.namedtuple("TrainProgram", "program startup image label feature loss accuracies scheduler")
 FeatureProgram = collections.namedtuple("FeatureProgram", "program startup image feature")
 WEIGHT_DECAY = 1e-4
 MOMENTUM = 0.9
+AMP_DTYPES = ("float16", "bfloat16")
+# float16's first loss scale, halved after every overflowing step and doubled after 1000 good ones (Paddle's rule).
+INITIAL_LOSS_SCALING = 2.0 ** 15
 
 
 def make_place(use_gpu):
@@ -36,11 +42,15 @@ def _image_input(image_shape):
     return paddle.static.data(name="image", shape=[None] + list(image_shape), dtype="float32")
 
 
-def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_steps, seed):
+def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_steps, seed, amp_dtype=None,
+                        world_size=1):
     """Network, loss and Momentum with piecewise decay and L2 decay, as the original.
 
     `loss` is a `losses` object; element losses (softmax, arcmargin) return per-sample losses and class
     probabilities, from which top-1 and top-5 accuracy are computed; pair losses return the loss to average.
+    `amp_dtype` ('float16' or 'bfloat16') runs the network in Paddle's O1 automatic mixed precision, the loss in
+    float32. With `world_size` > 1 the gradients are averaged over the data-parallel processes, and the loss and
+    accuracies the program reports are their averages over the processes, as the original averaged over GPUs.
     """
     with paddle.utils.unique_name.guard():
         program, startup = paddle.static.Program(), paddle.static.Program()
@@ -48,7 +58,11 @@ def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_st
         with paddle.static.program_guard(program, startup):
             image = _image_input(image_shape)
             label = paddle.static.data(name="label", shape=[None, 1], dtype="int64")
-            feature = models.get_model(model_name).net(image, embedding_size)
+            with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
+                feature = models.get_model(model_name).net(image, embedding_size)
+            if amp_dtype is not None:
+                # Normalisations, exponentials and logsumexps lose too much in 16 bits: the loss is float32.
+                feature = feature.astype("float32")
             result = loss.loss(feature, label)
             accuracies = []
             if isinstance(result, tuple):
@@ -60,10 +74,33 @@ def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_st
             else:
                 avg_loss = paddle.mean(result)
             scheduler = piecewise_decay(lr, lr_steps)
-            optimizer = paddle.optimizer.Momentum(learning_rate=scheduler, momentum=MOMENTUM,
-                                                  weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY))
-            optimizer.minimize(avg_loss)
+            optimizer = distributed.DataParallelMomentum(world_size, learning_rate=scheduler, momentum=MOMENTUM,
+                                                         weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY))
+            _minimize(optimizer, avg_loss, amp_dtype)
+            if world_size > 1:
+                avg_loss, *accuracies = [distributed.mean_over_processes(value * 1.0, world_size)
+                                         for value in [avg_loss] + accuracies]
     return TrainProgram(program, startup, image, label, feature, avg_loss, accuracies, scheduler)
+
+
+def _minimize(optimizer, loss, amp_dtype):
+    """`optimizer.minimize(loss)` through Paddle's static AMP when `amp_dtype` is set.
+
+    bfloat16 has float32's exponent range and needs no loss scaling. float16 gets dynamic loss scaling: the
+    gradients of an overflowing step are zeroed and the scale halved. Under PIR, GradScaler sets the scaling up.
+    """
+    if amp_dtype is None:
+        optimizer.minimize(loss)
+        return
+    if amp_dtype == "bfloat16":
+        paddle.static.amp.decorate(optimizer, level="O1", dtype="bfloat16", init_loss_scaling=1.0,
+                                   use_dynamic_loss_scaling=False).minimize(loss)
+        return
+    amp_optimizer = paddle.static.amp.decorate(optimizer, level="O1", dtype="float16")
+    scaler = paddle.amp.GradScaler(init_loss_scaling=INITIAL_LOSS_SCALING)
+    with paddle.amp.auto_cast(level="O1", dtype="float16"):  # GradScaler.scale reads the AMP dtype from here
+        scaled_loss = scaler.scale(loss)
+    scaler.minimize(amp_optimizer, scaled_loss)
 
 
 def build_feature_program(model_name, embedding_size, image_shape):
@@ -76,27 +113,33 @@ def build_feature_program(model_name, embedding_size, image_shape):
     return FeatureProgram(program, startup, image, feature)
 
 
-def extract_features(executor, feature_program, batches):
+def extract_features(executor, feature_program, batches, num_images=None, description="features"):
     """Runs the feature program over `(images, tags)` batches; returns the stacked features and the tags.
 
     Tags are whatever the reader pairs with each image: label arrays (concatenated) or path lists (joined).
     The batch stream is closed even when a batch fails, so its decoding workers stop at once.
+    On a terminal a progress bar named `description` shows; `num_images` gives it an ETA.
     """
     features, tags = [], []
-    with contextlib.closing(batches):
+    with contextlib.closing(batches), utility.progress_bar(num_images, description) as bar:
         for images, batch_tags in batches:
             (batch_features,) = executor.run(feature_program.program, feed={"image": images},
                                              fetch_list=[feature_program.feature])
             features.append(np.asarray(batch_features).reshape(len(images), -1))
             tags.append(batch_tags)
+            bar.update(len(images))
     if not features:
         raise ValueError("no images to extract features from")
     joined_tags = np.concatenate(tags) if isinstance(tags[0], np.ndarray) else [tag for batch in tags for tag in batch]
     return np.concatenate(features), joined_tags
 
 
-def add_feature_arguments(parser, batch_size_default):
-    """Flags of the scripts that only run the feature program: eval.py, infer.py, export_model.py."""
+def add_feature_arguments(parser, batch_size_default, runs_network=True):
+    """Flags of the scripts that only run the feature program: eval.py, infer.py, export_model.py.
+
+    export_model.py (`runs_network=False`) gets no --use_mkldnn: it writes the portable program, with Paddle's
+    standard ops only; `onednn.place_on_onednn` applies to a loaded inference program just as well.
+    """
     from utility import add_arguments, cuda_is_compiled, parse_image_shape
     add_arguments("model", str, "ResNet50", "Backbone, as in training.", parser)
     add_arguments("embedding_size", int, 0, "Embedding size, as in training (0: the pooled feature).", parser)
@@ -104,6 +147,9 @@ def add_feature_arguments(parser, batch_size_default):
     add_arguments("image_shape", parse_image_shape, (3, 224, 224), "Input image shape C,H,W.", parser)
     add_arguments("use_gpu", bool, cuda_is_compiled(), "Whether to use GPU (default: whether this Paddle was "
                   "built with CUDA).", parser)
+    if runs_network:
+        add_arguments("use_mkldnn", bool, True, "On CPU, run the convolutions with oneDNN (several times faster, "
+                      "same features up to float32 rounding); ignored on GPU.", parser)
     add_arguments("pretrained_model", str, None, "Weights to use: a checkpoint directory, a .pdparams file or a "
                   "directory of Fluid variable files.", parser)
     add_arguments("data_dir", str, "./data/Stanford_Online_Products/", "Data root holding Ebay_test.txt.", parser)
@@ -118,6 +164,9 @@ def check_feature_arguments(args):
         flag_error("batch_size", "must be positive, got %d" % args.batch_size)
     if args.embedding_size < 0 or args.num_workers < 0:
         flag_error("embedding_size" if args.embedding_size < 0 else "num_workers", "must not be negative")
+    if args.image_shape[0] != 3:
+        flag_error("image_shape", "images are decoded as RGB, so C must be 3, got %s"
+                   % ",".join(map(str, args.image_shape)))
 
 
 def load_feature_program(args, log):
@@ -127,6 +176,8 @@ def load_feature_program(args, log):
     feature_program = build_feature_program(args.model, args.embedding_size, args.image_shape)
     executor = paddle.static.Executor(make_place(args.use_gpu))
     executor.run(feature_program.startup)
+    if onednn.wanted(args.use_gpu, getattr(args, "use_mkldnn", False)):
+        onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS)
     if args.pretrained_model:
         checkpoint.load_pretrained(feature_program.program, args.pretrained_model, log=log)
     else:

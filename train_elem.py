@@ -3,6 +3,7 @@
     python train_elem.py --model=ResNet50 --loss_name=arcmargin --arc_scale=80.0 --arc_margin=0.15 ...
 """
 import argparse
+import math
 
 import utility  # first: sets the CPU thread count before paddle is imported
 import losses
@@ -15,7 +16,7 @@ DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), t
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     trainer.add_training_arguments(parser, DEFAULTS)
     add_arguments("class_dim", int, 11318, "Number of training classes (SOP: 11318).", parser)
     add_arguments("arc_scale", float, 80.0, "arcmargin: logit scale s.", parser)
@@ -28,6 +29,10 @@ def make_parser():
 def make_loss(args):
     if args.class_dim <= 0:
         utility.flag_error("class_dim", "must be positive, got %d" % args.class_dim)
+    if args.loss_name == "arcmargin" and args.arc_scale <= 0:
+        utility.flag_error("arc_scale", "must be positive, got %s" % args.arc_scale)
+    if args.loss_name == "arcmargin" and not 0 <= args.arc_margin < math.pi / 2:
+        utility.flag_error("arc_margin", "must be an angle in [0, pi/2) radians, got %s" % args.arc_margin)
     if args.loss_name == "softmax":
         return losses.SoftmaxLoss(class_dim=args.class_dim)
     return losses.ArcMarginLoss(class_dim=args.class_dim, margin=args.arc_margin, scale=args.arc_scale,

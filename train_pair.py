@@ -16,7 +16,7 @@ DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), t
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     trainer.add_training_arguments(parser, DEFAULTS)
     add_arguments("samples_each_class", int, 2, "quadruplet, eml, npairs: images of each class in a batch.", parser)
     add_arguments("margin", float, 0.1, "triplet, quadruplet: the margin.", parser)
@@ -25,16 +25,22 @@ def make_parser():
 
 
 def make_loss(args):
-    """Pair losses see the per-device batch; their constructors check it against --samples_each_class."""
+    """Pair losses see the per-process batch; their constructors check it against --samples_each_class."""
+    batch_size = trainer.per_process_batch_size(args)
+    if args.samples_each_class < 1:  # whatever the loss: a negative size is a typo, not a setting
+        utility.flag_error("samples_each_class", "must be positive, got %d" % args.samples_each_class)
     try:
         if args.loss_name == "triplet":
-            return losses.TripletLoss(margin=args.margin, train_batch_size=args.train_batch_size)
+            return losses.TripletLoss(margin=args.margin, train_batch_size=batch_size)
         if args.loss_name == "quadruplet":
-            return losses.QuadrupletLoss(args.train_batch_size, args.samples_each_class, margin=args.margin)
+            return losses.QuadrupletLoss(batch_size, args.samples_each_class, margin=args.margin)
         if args.loss_name == "eml":
-            return losses.EmlLoss(args.train_batch_size, args.samples_each_class)
-        return losses.NpairsLoss(args.train_batch_size, args.samples_each_class, reg_lambda=args.npairs_reg_lambda)
+            return losses.EmlLoss(batch_size, args.samples_each_class)
+        return losses.NpairsLoss(batch_size, args.samples_each_class, reg_lambda=args.npairs_reg_lambda)
     except ValueError as error:  # the message starts with the offending --flag=value
+        if batch_size != args.train_batch_size:
+            error = "%s (the share of each of %d processes of --train_batch_size=%d)" % (
+                error, args.train_batch_size // batch_size, args.train_batch_size)
         utility.usage_error(str(error))
 
 

@@ -13,10 +13,13 @@ import numpy as np
 import paddle
 
 import checkpoint
+import distributed
 import losses
 import models
+import onednn
 import programs
 import reader
+import run_log
 from utility import add_arguments, flag_error, log
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
@@ -30,7 +33,7 @@ def add_training_arguments(parser, defaults):
     add("model", str, "Backbone: ResNet18/34/50/101/152, SE_ResNeXt50_32x4d, SE_ResNeXt101_32x4d, SE_ResNeXt152_64x4d.")
     add("embedding_size", int, "Size of the fully connected embedding on top of the pooled feature; 0 for none.")
     add("image_shape", utility.parse_image_shape, "Input image shape C,H,W.")
-    add("train_batch_size", int, "Mini-batch size for training (over all devices).")
+    add("train_batch_size", int, "Mini-batch size for training, over all processes of a distributed launch.")
     add("test_batch_size", int, "Mini-batch size for testing.")
     add("lr", float, "Initial learning rate.")
     add("lr_steps", utility.parse_int_list, "Iterations at which the learning rate is multiplied by 0.1.")
@@ -41,6 +44,12 @@ def add_training_arguments(parser, defaults):
     add("loss_name", str, "Loss to optimise: %s." % ", ".join(defaults["loss_choices"]))
     add_arguments("use_gpu", bool, utility.cuda_is_compiled(), "Whether to use GPU (default: whether this Paddle "
                   "was built with CUDA).", parser)
+    add_arguments("use_mkldnn", bool, True, "On CPU, run the convolutions of training and of the periodic test "
+                  "with oneDNN (several times faster, same losses up to float32 rounding); ignored on GPU.", parser)
+    add_arguments("use_amp", bool, False, "Automatic mixed precision (Paddle's static AMP, O1): the network in "
+                  "--amp_dtype, the loss in float32.", parser)
+    add_arguments("amp_dtype", str, "float16", "float16 (GPU, with dynamic loss scaling) or bfloat16 (GPU or CPU).",
+                  parser)
     add_arguments("pretrained_model", str, None, "Weights to start from, matched by name and shape: a checkpoint "
                   "directory, a .pdparams file or a directory of Fluid variable files.", parser)
     add_arguments("checkpoint", str, None, "Checkpoint directory to resume from exactly (weights, momentum, "
@@ -54,7 +63,12 @@ def add_training_arguments(parser, defaults):
     add_arguments("rotate", bool, False, "Random rotation by up to ±10 degrees in training.", parser)
     add_arguments("max_bad_images", int, 100, "Unreadable training images tolerated (each replaced) before "
                   "training stops.", parser)
-    add_arguments("nan_check", bool, True, "Stop at the first non-finite loss.", parser)
+    add_arguments("nan_check", bool, True, "Stop at the first non-finite loss (checked every iteration) or "
+                  "parameter (checked before each save, so that no checkpoint holds one).", parser)
+    add_arguments("force", bool, False, "Save into model_save_dir/<model> even while another training run is saving "
+                  "there (its lock file says which).", parser)
+    add_arguments("vdl_log_dir", str, None, "Also write loss, learning rate and test recall to this directory for "
+                  "VisualDL (optional: pip install visualdl).", parser)
 
 
 def parse_training_arguments(parser, loss_choices, argv=None):
@@ -74,11 +88,41 @@ def parse_training_arguments(parser, loss_choices, argv=None):
         flag_error("lr", "must be positive, got %s" % args.lr)
     if any(later <= earlier for earlier, later in zip(args.lr_steps, args.lr_steps[1:])):
         flag_error("lr_steps", "must be strictly increasing, got %s" % ",".join(map(str, args.lr_steps)))
+    if args.lr_steps and min(args.lr_steps) <= 0:
+        flag_error("lr_steps", "iterations must be positive, got %s" % ",".join(map(str, args.lr_steps)))
     if not 0 < args.crop_scale_min <= 1:
         flag_error("crop_scale_min", "must be in (0, 1], got %s" % args.crop_scale_min)
     if args.checkpoint and args.pretrained_model:
         flag_error("checkpoint", "resume with --checkpoint or start from --pretrained_model, not both")
+    if args.image_shape[0] != 3:
+        flag_error("image_shape", "images are decoded as RGB, so C must be 3, got %s"
+                   % ",".join(map(str, args.image_shape)))
+    if args.checkpoint:
+        try:
+            checkpoint.find_checkpoint(args.checkpoint)
+        except checkpoint.CheckpointError as error:
+            flag_error("checkpoint", str(error))
+    if args.pretrained_model and not (os.path.exists(args.pretrained_model)
+                                      or os.path.exists(args.pretrained_model + ".pdparams")):
+        flag_error("pretrained_model", "%s: no such file or directory" % args.pretrained_model)
+    if args.amp_dtype not in programs.AMP_DTYPES:
+        flag_error("amp_dtype", "%r is not one of %s" % (args.amp_dtype, ", ".join(programs.AMP_DTYPES)))
+    if args.use_amp and args.amp_dtype == "float16" and not args.use_gpu:
+        flag_error("amp_dtype", "float16 needs --use_gpu=True (Paddle's CPU kernels lack it); on CPU use bfloat16")
+    processes = distributed.world_size()
+    if args.train_batch_size % processes:
+        flag_error("train_batch_size", "%d does not split evenly over the %d processes"
+                   % (args.train_batch_size, processes))
     return args
+
+
+def per_process_batch_size(args):
+    """Each process's share of --train_batch_size, which is over all processes as the original's was over all GPUs."""
+    return args.train_batch_size // distributed.world_size()
+
+
+class NonFiniteError(RuntimeError):
+    """--nan_check found a non-finite loss or parameter; the message names the iteration and the last good save."""
 
 
 class StopRequest:
@@ -104,7 +148,9 @@ class StopRequest:
 
     def _request(self, signum, frame):
         if self.signal_name is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out
+            return  # paddle.distributed.launch sends its SIGTERM to each process up to three times, 0.2 s apart
         self.signal_name = signal.Signals(signum).name
         log("%s received: finishing this iteration, saving a checkpoint and stopping" % self.signal_name)
 
@@ -134,9 +180,11 @@ class DisplayWindow:
 
 
 def test_recall(executor, feature_program, args):
+    num_images = len(reader.read_image_list(os.path.join(args.data_dir, reader.TEST_LIST), args.data_dir).paths)
     features, labels = programs.extract_features(
         executor, feature_program,
-        reader.eval_batches(args.data_dir, args.test_batch_size, args.image_shape, args.num_workers))
+        reader.eval_batches(args.data_dir, args.test_batch_size, args.image_shape, args.num_workers),
+        num_images, "test")
     return len(features), utility.recall_topk(features, labels.ravel(), k=1)
 
 
@@ -145,6 +193,10 @@ class TrainingRun:
 
     def __init__(self, args, loss):
         self.args = args
+        self.rank, self.world_size = distributed.init()
+        # Every process trains; the first one alone logs, tests and saves.
+        self.log = log if self.rank == 0 else (lambda message: None)
+        self.scalars = run_log.ScalarLog(args.vdl_log_dir if self.rank == 0 else None)
         paddle.enable_static()
         paddle.seed(args.seed)
         self.train_list = reader.read_train_list(args.data_dir)
@@ -155,27 +207,55 @@ class TrainingRun:
             except ValueError as error:
                 utility.usage_error("%s (classes of %s)" % (error, self.train_list.list_path))
         self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, loss,
-                                                          args.lr, args.lr_steps, args.seed)
+                                                          args.lr, args.lr_steps, args.seed,
+                                                          amp_dtype=args.amp_dtype if args.use_amp else None,
+                                                          world_size=self.world_size)
         self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
         self.executor = paddle.static.Executor(programs.make_place(args.use_gpu))
         self.executor.run(self.train_program.startup)
+        if onednn.wanted(args.use_gpu, args.use_mkldnn):
+            onednn.place_on_onednn(self.train_program.program, self.executor, onednn.TRAINING_OPS)
+            onednn.place_on_onednn(self.feature_program.program, self.executor, onednn.FEATURE_OPS)
+        self.stop_vote = distributed.StopVote(self.executor) if self.world_size > 1 else None
+        if self.world_size > 1:
+            self.log("data parallel over %d processes, %d images each per batch"
+                     % (self.world_size, per_process_batch_size(args)))
         self.iteration = 0
         self.last_saved = None
         if args.checkpoint:
             state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
             self.iteration = state["iteration"]
+            self.last_saved = args.checkpoint
             self.train_program.scheduler.set_state_dict(state["lr_scheduler"])
-            log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
+            self.log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
         elif args.pretrained_model:
-            checkpoint.load_pretrained(self.train_program.program, args.pretrained_model, log=log)
+            checkpoint.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
+        self.saved_iteration = self.iteration  # what this iteration's state is, is on disk already or untrained
+        if self.rank == 0:
+            config = run_log.write_run_config(os.path.join(args.model_save_dir, args.model), args, self.iteration)
+            log("run configuration written to %s" % config)
+
+    def check_parameters_finite(self):
+        """Before each save, so that no checkpoint holds a NaN. Between saves the per-iteration loss check suffices:
+        every parameter feeds the next forward pass, except batch-norm statistics, which feed only tests and saves.
+        Reading every variable costs about what the save after it does, so it is not done every iteration."""
+        for name, value in self.train_program.program.state_dict().items():
+            if not np.isfinite(np.asarray(value)).all():
+                raise NonFiniteError("%s is not finite after iteration %d (--nan_check); not saved. Last good "
+                                     "checkpoint: %s" % (name, self.iteration, self.last_saved or "none saved yet"))
 
     def save(self):
+        if self.args.nan_check:
+            self.check_parameters_finite()
+        if self.rank != 0:  # the processes hold the same parameters
+            return
         directory = os.path.join(self.args.model_save_dir, self.args.model, str(self.iteration))
         checkpoint.save_checkpoint(self.train_program.program, directory, {
             "iteration": self.iteration, "lr_scheduler": self.train_program.scheduler.state_dict(),
             "flags": vars(self.args)})
         log("saved checkpoint %s" % directory)
         self.last_saved = directory
+        self.saved_iteration = self.iteration
 
     def batches(self):
         args = self.args
@@ -184,7 +264,7 @@ class TrainingRun:
                                     num_workers=args.num_workers, seed=args.seed,
                                     crop_scale_min=args.crop_scale_min, random_flip=args.random_flip,
                                     rotate=args.rotate, max_bad_images=args.max_bad_images,
-                                    start_batch=self.iteration)
+                                    start_batch=self.iteration, rank=self.rank, world_size=self.world_size)
 
     def step(self, images, labels, fetch_feature):
         """One optimisation step; returns the learning rate used, the loss [and accuracies], the features."""
@@ -196,21 +276,34 @@ class TrainingRun:
         program.scheduler.step()
         self.iteration += 1
         values = [float(np.asarray(value)) for value in outputs[:len(scalar_fetches)]]
-        if self.args.nan_check and not np.isfinite(values[0]):
-            log("non-finite loss %s at iteration %d; stopping. Last good checkpoint: %s"
-                % (values[0], self.iteration, self.last_saved or "none saved yet"))
-            sys.exit(1)
+        if self.args.nan_check and not np.isfinite(values[0]):  # the same loss in every process: all stop
+            raise NonFiniteError("non-finite loss %s at iteration %d (--nan_check). Last good checkpoint: %s"
+                                 % (values[0], self.iteration, self.last_saved or "none saved yet"))
         return lr, values, np.asarray(outputs[-1]) if fetch_feature else None
 
     def log_window(self, window, lr, features, labels):
         means = window.means()
+        scalars = {"train/loss": means[0], "train/lr": lr}
         if self.elementwise:
             measures = "loss %.6f, acc1 %.4f, acc5 %.4f" % tuple(means)
+            scalars.update({"train/acc1": means[1], "train/acc5": means[2]})
         else:
-            measures = "loss %.6f, recall %.4f" % (means[0], utility.recall_topk(features, labels.ravel(), k=1))
+            recall = utility.recall_topk(features, labels.ravel(), k=1)
+            measures = "loss %.6f, recall %.4f" % (means[0], recall)
+            scalars["train/recall@1"] = recall
         log("trainbatch %d, lr %.6f, %s, time %2.2f sec"
             % (self.iteration, lr, measures, window.seconds_per_iteration()))
+        self.scalars.add(self.iteration, scalars)
         window.reset()
+
+    def stop_agreed(self, stop):
+        """Whether to stop before the next iteration; a signal to any one process stops them all after it."""
+        if self.stop_vote is None:
+            return stop.signal_name is not None
+        agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
+        if agreed:
+            stop.signal_name = signal.Signals(agreed).name
+        return agreed != 0
 
     def run(self):
         """Trains to --total_iter_num or to a SIGINT/SIGTERM, saving on the way and at the end."""
@@ -218,17 +311,18 @@ class TrainingRun:
         window = DisplayWindow()
         saved_at = None
         batches = self.batches()
-        with StopRequest() as stop, contextlib.closing(batches):
-            while self.iteration < args.total_iter_num and stop.signal_name is None:
+        with StopRequest() as stop, contextlib.closing(batches), contextlib.closing(self.scalars):
+            while self.iteration < args.total_iter_num and not self.stop_agreed(stop):
                 images, labels = next(batches)
-                display = (self.iteration + 1) % args.display_iter_step == 0
+                display = self.rank == 0 and (self.iteration + 1) % args.display_iter_step == 0
                 lr, values, features = self.step(images, labels, fetch_feature=display and not self.elementwise)
                 window.add(values)
                 if display:
                     self.log_window(window, lr, features, labels)
-                if self.iteration % args.test_iter_step == 0:
+                if self.rank == 0 and self.iteration % args.test_iter_step == 0:
                     num_images, recall = test_recall(self.executor, self.feature_program, args)
                     log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
+                    self.scalars.add(self.iteration, {"test/recall@1": recall})
                     window.restart_clock()
                 if self.iteration % args.save_iter_step == 0:
                     self.save()
@@ -236,15 +330,36 @@ class TrainingRun:
                     window.restart_clock()
             if saved_at != self.iteration:
                 self.save()
+            if self.stop_vote is not None:
+                self.stop_vote.agree(0)  # none exits, which makes the launcher stop the rest, before the save is done
         if stop.signal_name is not None:
-            log("stopped by %s at iteration %d; resume with --checkpoint=%s"
-                % (stop.signal_name, self.iteration, self.last_saved))
+            self.log("stopped by %s at iteration %d; resume with --checkpoint=%s"
+                     % (stop.signal_name, self.iteration, self.last_saved))
             sys.exit(128 + signal.Signals[stop.signal_name].value)
         return self.last_saved
 
 
+# Failures of a run that are the data's, the disk's or the numbers' fault: one line each, exit code 1.
+TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError)
+
+
 def train(args, loss):
     """Trains with `loss` (a `losses` object) as the flags say; returns the final checkpoint directory."""
-    utility.print_arguments(args)
+    rank = paddle.distributed.ParallelEnv().rank
+    if rank == 0:
+        utility.print_arguments(args)
     utility.check_cuda(args.use_gpu)
-    return TrainingRun(args, loss).run()
+    save_dir = os.path.join(args.model_save_dir, args.model)
+    # The first process alone saves, so it alone locks the directory.
+    lock = checkpoint.SaveDirLock(save_dir, args.force, log) if rank == 0 else contextlib.nullcontext()
+    with utility.exit_on(*TRAINING_FAILURES), lock:
+        run = TrainingRun(args, loss)
+        try:
+            return run.run()
+        except reader.READ_ERRORS:
+            # The model is intact, only its input failed: keep what was trained.
+            if run.saved_iteration != run.iteration:
+                run.save()
+            if run.last_saved:
+                log("the reader failed at iteration %d; resume with --checkpoint=%s" % (run.iteration, run.last_saved))
+            raise

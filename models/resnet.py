@@ -58,7 +58,11 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
         name=bn_name)
     if is_test:
         batch_norm.eval()
-    y = batch_norm(conv(x))
+    y = conv(x)
+    if y.dtype == paddle.bfloat16 and not paddle.is_compiled_with_cuda():
+        # bfloat16 AMP runs the conv in bfloat16, but CPU builds of Paddle 3.3.1 have no bfloat16 batch norm.
+        y = y.astype("float32")
+    y = batch_norm(y)
     return F.relu(y) if relu else y
 
 

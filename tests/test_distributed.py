@@ -1,0 +1,221 @@
+"""Data-parallel training: real processes from `python -m paddle.distributed.launch` on CPU, talking through gloo."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import losses
+import reader
+import train_pair
+import trainer
+from data.make_toy_sop import make_toy_sop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "data_parallel_worker.py")
+LAUNCH_TIMEOUT_SECONDS = 240
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
+    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
+    return root
+
+
+def worker_command(dump_dir, script_name, flags, processes):
+    """The worker under the launcher with `processes` > 1, else alone (a plain single-process run)."""
+    os.makedirs(dump_dir, exist_ok=True)
+    launcher = [] if processes == 1 else ["-m", "paddle.distributed.launch", "--nproc_per_node=%d" % processes,
+                                          "--log_dir=%s" % os.path.join(dump_dir, "log")]
+    return [sys.executable] + launcher + [WORKER, str(dump_dir), script_name] + flags
+
+
+def run_worker(dump_dir, script_name, flags, processes):
+    completed = subprocess.run(worker_command(dump_dir, script_name, flags, processes), cwd=ROOT,
+                               capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:] + worker_logs(dump_dir)
+    return completed.stdout
+
+
+def worker_logs(dump_dir):
+    log_dir = os.path.join(dump_dir, "log")
+    if not os.path.isdir(log_dir):
+        return ""
+    return "".join(open(os.path.join(log_dir, name), errors="replace").read()[-3000:]
+                   for name in sorted(os.listdir(log_dir)) if name.startswith("workerlog"))
+
+
+def rank_log(dump_dir, rank):
+    return open(os.path.join(dump_dir, "log", "workerlog.%d" % rank), errors="replace").read()
+
+
+def dumped(dump_dir, rank):
+    with np.load(os.path.join(dump_dir, "rank%d.npz" % rank)) as variables:
+        return dict(variables)
+
+
+def logged_losses(output):
+    return [float(value) for value in re.findall(r"trainbatch \d+, lr [\d.]+, loss ([-\d.e]+)", output)]
+
+
+def training_flags(toy_root, save_dir, **flags):
+    defaults = dict(image_shape="3,32,32", use_gpu=False, num_workers=0, data_dir=toy_root, model_save_dir=save_dir,
+                    test_batch_size=16, display_iter_step=1, test_iter_step=1000, save_iter_step=1000, lr=0.05,
+                    rotate=True)
+    defaults.update(flags)
+    return ["--%s=%s" % item for item in defaults.items()]
+
+
+def test_two_processes_take_the_step_one_process_takes_on_the_whole_batch(toy_root, tmp_path):
+    flags = training_flags(toy_root, tmp_path / "saved", model="TinyNet", loss_name="softmax", class_dim=12,
+                           train_batch_size=8, total_iter_num=2)
+    single_output = run_worker(tmp_path / "single", "train_elem", flags, processes=1)
+    run_worker(tmp_path / "pair", "train_elem", flags, processes=2)
+
+    single, rank0, rank1 = dumped(tmp_path / "single", 0), dumped(tmp_path / "pair", 0), dumped(tmp_path / "pair", 1)
+    assert set(rank0) == set(single) and "tiny_conv_weights_velocity_0" in rank0
+    for name in single:
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+        np.testing.assert_allclose(rank0[name], single[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    assert np.abs(rank0["softmax_fc_weights_velocity_0"]).max() > 1e-3  # two real updates were made
+    # Rank 0 logs the loss averaged over both processes: the loss of the whole batch.
+    distributed_losses = logged_losses(rank_log(tmp_path / "pair", 0))
+    assert len(distributed_losses) == 2
+    np.testing.assert_allclose(distributed_losses, logged_losses(single_output), rtol=1e-5)
+    assert "trainbatch" not in rank_log(tmp_path / "pair", 1)
+
+
+def start_and_wait_for_iteration(dump_dir, script_name, flags, iteration):
+    """Launches 2 processes and returns the launcher once the first one has logged `iteration`."""
+    launcher = subprocess.Popen(worker_command(dump_dir, script_name, flags, processes=2), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + LAUNCH_TIMEOUT_SECONDS
+    while not re.search(r"trainbatch %d," % iteration, read_if_exists(os.path.join(dump_dir, "log", "workerlog.0"))):
+        if launcher.poll() is not None or time.time() > deadline:
+            stop_launch(launcher, dump_dir)
+            pytest.fail("no iteration %d logged:\n%s" % (iteration, worker_logs(dump_dir)))
+        time.sleep(0.5)
+    return launcher
+
+
+def stop_launch(launcher, dump_dir):
+    """Ends a launch whose test failed: the workers run in sessions of their own, so each is killed by its id."""
+    if launcher.poll() is None:
+        for rank in (0, 1):
+            kill_if_running(worker_pid(dump_dir, rank))
+        launcher.kill()
+
+
+def assert_stopped_with_one_checkpoint(dump_dir, save_dir, model):
+    """Rank 0 logged a stop by SIGTERM and saved exactly that iteration; returns the iteration."""
+    log0 = rank_log(dump_dir, 0)
+    stopped = re.search(r"stopped by SIGTERM at iteration (\d+); resume with --checkpoint=(\S+)", log0)
+    assert stopped, log0[-3000:]
+    iteration, checkpoint_dir = int(stopped.group(1)), stopped.group(2)
+    assert json.load(open(os.path.join(checkpoint_dir, "trainer_state.json")))["iteration"] == iteration
+    written = [name for name in os.listdir(os.path.join(save_dir, model)) if name[0].isdigit() or name[0] == "."]
+    assert written == [str(iteration)]
+    return iteration
+
+
+def test_pair_loss_processes_get_their_own_class_balanced_share_and_stop_together(toy_root, tmp_path):
+    """eml on ResNet18 in bfloat16 AMP; a SIGTERM to the second process only stops both after the same iteration."""
+    save_dir = tmp_path / "saved"
+    flags = training_flags(toy_root, save_dir, model="ResNet18", loss_name="eml", samples_each_class=2,
+                           train_batch_size=8, total_iter_num=10000, lr=0.001, use_amp=True, amp_dtype="bfloat16")
+    launcher = start_and_wait_for_iteration(tmp_path, "train_pair", flags, 2)
+    try:
+        os.kill(worker_pid(tmp_path, 1), signal.SIGTERM)
+        launcher.wait(timeout=LAUNCH_TIMEOUT_SECONDS)
+    finally:
+        stop_launch(launcher, tmp_path)
+
+    assert_stopped_with_one_checkpoint(tmp_path, save_dir, "ResNet18")
+    log1 = rank_log(tmp_path, 1)
+    assert "data parallel over 2 processes, 4 images each per batch" in rank_log(tmp_path, 0)
+    assert "SIGTERM received" in log1 and "trainbatch" not in log1 and "saved checkpoint" not in log1
+    rank0, rank1 = dumped(tmp_path, 0), dumped(tmp_path, 1)
+    statistics = [name for name in rank0 if name.endswith(("_mean", "_variance"))]
+    assert len(statistics) == 40  # 20 batch norms in ResNet18
+    for name in set(rank0) - set(statistics):
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    # Batch-norm statistics stay per process; they differ because the processes read different images.
+    assert all(not np.allclose(rank0[name], rank1[name]) for name in statistics)
+
+
+def test_ctrl_c_to_the_launcher_stops_both_processes_after_one_saved_iteration(toy_root, tmp_path):
+    """The launcher turns Ctrl-C into a SIGTERM to each process, repeated 0.2 s later: still one graceful stop."""
+    save_dir = tmp_path / "saved"
+    flags = training_flags(toy_root, save_dir, model="ResNet18", loss_name="softmax", class_dim=12,
+                           train_batch_size=8, total_iter_num=10000, lr=0.001)
+    launcher = start_and_wait_for_iteration(tmp_path, "train_elem", flags, 2)
+    try:
+        launcher.send_signal(signal.SIGINT)
+        launcher.wait(timeout=LAUNCH_TIMEOUT_SECONDS)
+    finally:
+        stop_launch(launcher, tmp_path)
+
+    assert_stopped_with_one_checkpoint(tmp_path, save_dir, "ResNet18")
+    rank0, rank1 = dumped(tmp_path, 0), dumped(tmp_path, 1)
+    for name in rank0:
+        if not name.endswith(("_mean", "_variance")):
+            np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+
+
+def read_if_exists(path):
+    return open(path, errors="replace").read() if os.path.exists(path) else ""
+
+
+def worker_pid(dump_dir, rank):
+    return int(read_if_exists(os.path.join(dump_dir, "pid%d" % rank)) or 0)
+
+
+def kill_if_running(pid):
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_rank_shares_put_together_are_the_single_process_batches(toy_root):
+    def stream(rank, world_size):
+        return reader.train_batches(reader.read_train_list(toy_root), "eml", 8, (3, 16, 16), samples_each_class=2,
+                                    num_workers=0, seed=3, rotate=True, rank=rank, world_size=world_size)
+
+    whole, halves = stream(0, 1), [stream(rank, 2) for rank in (0, 1)]
+    for _ in range(3):
+        images, labels = next(whole)
+        shares = [next(half) for half in halves]
+        np.testing.assert_array_equal(np.concatenate([share[0] for share in shares]), images)
+        np.testing.assert_array_equal(np.concatenate([share[1] for share in shares]), labels)
+        assert all(len(np.unique(share[1])) == 2 for share in shares)  # two whole classes of two images each
+
+
+def parse_pair_flags(*flags):
+    return trainer.parse_training_arguments(train_pair.make_parser(), losses.PAIR_LOSSES,
+                                            ["--data_dir=unused"] + list(flags))
+
+
+def test_batch_that_does_not_split_into_whole_shares_is_a_flag_error(monkeypatch, capsys):
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    with pytest.raises(SystemExit) as stopped:
+        parse_pair_flags("--train_batch_size=7")
+    assert stopped.value.code == 2
+    assert "--train_batch_size: 7 does not split evenly over the 2 processes" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        train_pair.make_loss(parse_pair_flags("--loss_name=eml", "--train_batch_size=6", "--samples_each_class=2"))
+    message = capsys.readouterr().err
+    assert "--train_batch_size=3 is not divisible by --samples_each_class=2" in message
+    assert "the share of each of 2 processes of --train_batch_size=6" in message
+
+    loss = train_pair.make_loss(parse_pair_flags("--loss_name=quadruplet", "--train_batch_size=8",
+                                                 "--samples_each_class=2"))
+    assert loss.train_batch_size == 4

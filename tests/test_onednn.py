@@ -1,0 +1,105 @@
+"""onednn.py: convolutions placed on oneDNN compute what Paddle's default CPU kernels compute, up to float32 rounding.
+
+The copy that keeps an in-place update of a oneDNN result visible (all-reduced data-parallel gradients) is exercised by
+tests/test_distributed.py, whose two processes must take exactly the one-process step.
+"""
+import numpy as np
+import paddle
+import pytest
+
+import eval as eval_script
+import export_model
+import losses
+import onednn
+import programs
+import train_elem
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this Paddle was built without oneDNN")
+SHAPE = (3, 32, 32)
+RESNET18_CONVOLUTIONS = 20  # stem, 16 in the blocks, 3 projection shortcuts
+# Per convolution a batch norm; 17 relus, max and average pooling, 8 residual additions.
+RESNET18_FEATURE_OPS = 2 * RESNET18_CONVOLUTIONS + 17 + 2 + 8
+
+
+def images(batch_size, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch_size,) + SHAPE).astype("float32")
+
+
+def op_names(program):
+    return [op.name() for op in program.global_block().ops]
+
+
+def features(use_onednn):
+    paddle.enable_static()
+    paddle.seed(3)
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        feature_program = programs.build_feature_program("ResNet18", 8, SHAPE)
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(feature_program.startup)
+        before = op_names(feature_program.program)
+        placed = onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS) if use_onednn else 0
+        after = op_names(feature_program.program)
+        (result,) = executor.run(feature_program.program, feed={"image": images(4)},
+                                 fetch_list=[feature_program.feature])
+    return result, placed, before, after
+
+
+def test_features_with_onednn_equal_the_default_ones():
+    default, _, _, _ = features(use_onednn=False)
+    fast, placed, before, after = features(use_onednn=True)
+    assert placed == RESNET18_FEATURE_OPS
+    # The embedding layer's 2-d bias addition stays on Paddle's kernels, as everything outside the image ops does.
+    moved = [name for name in before if name[len("pd_op."):] in onednn.FEATURE_OPS]
+    assert len(moved) == RESNET18_FEATURE_OPS + 1 and after.count("pd_op.add") == 1
+    assert len(after) == len(before)
+    scale = np.abs(default).max()
+    assert scale > 1.0
+    np.testing.assert_allclose(fast, default, rtol=1e-4, atol=1e-5 * scale)
+
+
+def train(loss, use_onednn, steps):
+    """Losses of `steps` Momentum steps from the same start, and the velocities after the first (the gradients
+    plus weight decay, as the velocities start at 0)."""
+    paddle.enable_static()
+    paddle.seed(1)
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        train_program = programs.build_train_program("ResNet18", 0, SHAPE, loss, 0.001, [1000], seed=1)
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(train_program.startup)
+        if use_onednn:
+            placed = onednn.place_on_onednn(train_program.program, executor, onednn.TRAINING_OPS)
+            assert placed == 2 * RESNET18_CONVOLUTIONS
+        labels = np.repeat(np.arange(4), 2).reshape(-1, 1)
+        values, first_velocities = [], None
+        for step in range(steps):
+            (value,) = executor.run(train_program.program, feed={"image": images(8, seed=step), "label": labels},
+                                    fetch_list=[train_program.loss])
+            values.append(float(value))
+            if first_velocities is None:
+                first_velocities = {name: np.array(tensor) for name, tensor in
+                                    train_program.program.state_dict().items() if name.endswith("_velocity_0")}
+    return values, first_velocities
+
+
+@pytest.mark.parametrize("loss", [losses.ArcMarginLoss(class_dim=4), losses.EmlLoss(8, 2)], ids=["arcmargin", "eml"])
+def test_training_with_onednn_convolutions_takes_the_default_steps(loss):
+    default_losses, default_velocities = train(loss, use_onednn=False, steps=2)
+    fast_losses, fast_velocities = train(loss, use_onednn=True, steps=2)
+    # Batch norm over 8 images amplifies float32 rounding: Paddle's default kernels on 1 and on 2 threads agree
+    # exactly, but changing the input by one part in a million moves these gradients by up to ~1e-4 as well, and
+    # after a few more steps (eml jumps from 7 to 15 in one) such differences grow to percents.
+    np.testing.assert_allclose(fast_losses, default_losses, rtol=1e-4)
+    assert len(default_velocities) == 60 + (1 if isinstance(loss, losses.ArcMarginLoss) else 0)
+    for name, velocity in default_velocities.items():
+        error = np.linalg.norm(fast_velocities[name] - velocity) / np.linalg.norm(velocity)
+        assert error < 2e-3, name
+
+
+def test_the_flag_is_on_by_default_where_the_network_runs():
+    assert eval_script.make_parser().parse_args([]).use_mkldnn is True
+    assert train_elem.make_parser().parse_args([]).use_mkldnn is True
+    assert eval_script.make_parser().parse_args(["--use_mkldnn=False"]).use_mkldnn is False
+    # Exports hold Paddle's standard ops only, for any deployment target.
+    assert not hasattr(export_model.make_parser().parse_args(["--pretrained_model=x"]), "use_mkldnn")
+    assert onednn.wanted(use_gpu=False, use_mkldnn=True)
+    assert not onednn.wanted(use_gpu=True, use_mkldnn=True) and not onednn.wanted(use_gpu=False, use_mkldnn=False)
