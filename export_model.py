@@ -11,6 +11,7 @@ import shutil
 import utility  # first: sets the CPU thread count before paddle is imported
 import paddle
 
+import checkpoint
 import programs
 from utility import add_arguments, log
 
@@ -18,12 +19,13 @@ EXPORT_PREFIX = "inference"
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    programs.add_feature_arguments(parser, batch_size_default=1)
+    parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    programs.add_feature_arguments(parser, batch_size_default=1, runs_network=False)
     add_arguments("model_save_dir", str, "inference_model", "Directory to write the exported model to.", parser)
     return parser
 
 
+@utility.exit_on(checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     programs.check_feature_arguments(args)

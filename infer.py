@@ -6,17 +6,19 @@
 import argparse
 import contextlib
 import os
+import sys
 
 import utility  # first: sets the CPU thread count before paddle is imported
 import numpy as np
 
+import checkpoint
 import programs
 import reader
 from utility import add_arguments, log
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     programs.add_feature_arguments(parser, batch_size_default=1)
     add_arguments("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
                   "same order to PATH.paths.txt (PATH without .npy).", parser)
@@ -38,6 +40,7 @@ def save_features(path, features, image_paths):
     os.replace(paths_file(path) + ".saving", paths_file(path))
 
 
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     programs.check_feature_arguments(args)
@@ -47,13 +50,17 @@ def main(argv=None):
     utility.check_cuda(args.use_gpu)
     executor, feature_program = programs.load_feature_program(args, log)
     features, image_paths = [], []
+    num_images = len(reader.read_image_list(os.path.join(args.data_dir, reader.TEST_LIST), args.data_dir).paths)
     batches = reader.infer_batches(args.data_dir, args.batch_size, args.image_shape, args.num_workers)
-    with contextlib.closing(batches):
+    with contextlib.closing(batches), utility.progress_bar(num_images, "infer") as bar:
         for batch_id, (images, batch_paths) in enumerate(batches):
             (batch_features,) = executor.run(feature_program.program, feed={"image": images},
                                              fetch_list=[feature_program.feature])
             batch_features = np.asarray(batch_features).reshape(len(images), -1)
-            print("Test-{0}-feature: {1}".format(batch_id, batch_features[0][:5]), flush=True)
+            # the original's per-batch line, through the bar, which clears and redraws itself around it
+            bar.write("Test-{0}-feature: {1}".format(batch_id, batch_features[0][:5]), file=sys.stdout)
+            sys.stdout.flush()
+            bar.update(len(images))
             features.append(batch_features)
             image_paths.extend(batch_paths)
     if args.save_features:
