@@ -28,8 +28,8 @@ def make_parser():
     add_arguments("output_dir", str, os.path.join(ROOT, "demo_output"), "Checkpoints, features and results.", parser)
     add_arguments("model", str, "ResNet18", "Backbone.", parser)
     add_arguments("image_shape", str, "3,32,32", "Input shape C,H,W.", parser)
-    add_arguments("elem_iters", int, 300, "train_elem.py iterations.", parser)
-    add_arguments("pair_iters", int, 100, "train_pair.py iterations.", parser)
+    add_arguments("elem_iters", int, 500, "train_elem.py iterations.", parser)
+    add_arguments("pair_iters", int, 150, "train_pair.py iterations.", parser)
     return parser
 
 
@@ -79,7 +79,7 @@ def main(argv=None):
     table.append(("after train_elem (arcmargin)", evaluate(args, "elem", elem_checkpoint)))
 
     run_script("train_pair.py", *(common + [
-        "--loss_name=eml", "--samples_each_class=2", "--train_batch_size=64", "--lr=0.005",
+        "--loss_name=eml", "--samples_each_class=2", "--train_batch_size=64", "--lr=0.001",
         "--lr_steps=%d" % args.pair_iters, "--total_iter_num=%d" % args.pair_iters,
         "--test_iter_step=%d" % args.pair_iters, "--save_iter_step=%d" % args.pair_iters,
         "--pretrained_model=%s" % elem_checkpoint, "--model_save_dir=%s" % pair_dir]))
