@@ -18,6 +18,7 @@ import checkpoint
 import eval as eval_script
 import train_elem
 from fault_tools import TINY, error_line, make_toy_data, run_main, train_flags
+from tiny_program import build_tiny_program
 
 
 @pytest.fixture(scope="module")
@@ -80,23 +81,8 @@ class FaultyDisk:
 
 @pytest.fixture
 def tiny_program():
-    """conv + batch norm + fc under Momentum, and one training step of it: weights, statistics and velocities."""
-    paddle.enable_static()
-    with paddle.utils.unique_name.guard():
-        program, startup = paddle.static.Program(), paddle.static.Program()
-        with paddle.static.program_guard(program, startup):
-            image = paddle.static.data("image", [None, 3, 8, 8], "float32")
-            conv = paddle.nn.Conv2D(3, 4, 3, weight_attr=paddle.ParamAttr(name="conv1_weights"), bias_attr=False)
-            norm = paddle.nn.BatchNorm2D(4, name="bn_conv1")
-            fc = paddle.nn.Linear(4, 2, weight_attr=paddle.ParamAttr(name="fc_weights"),
-                                  bias_attr=paddle.ParamAttr(name="fc_offset"))
-            feature = fc(paddle.flatten(paddle.nn.functional.adaptive_avg_pool2d(norm(conv(image)), 1), 1))
-            loss = paddle.mean(feature * feature)
-            paddle.optimizer.Momentum(0.1, momentum=0.9).minimize(loss)
-    executor = paddle.static.Executor(paddle.CPUPlace())
-    executor.run(startup)
-    batch = np.random.default_rng(0).random((2, 3, 8, 8), dtype=np.float32)
-    return program, lambda: executor.run(program, feed={"image": batch}, fetch_list=[loss])
+    tiny = build_tiny_program()
+    return tiny.program, tiny.train_step
 
 
 def values(program):
