@@ -8,7 +8,8 @@ unit-norm class centre plus noise) it times, with the peak memory each adds to t
   * the bare blocked product F @ F.T (same BLAS, same block rows): the compute lower bound;
   * faiss IndexFlatIP exact search for the max(K) + 1 neighbours Recall@K needs (if faiss-cpu is installed);
   * the original recall_topk algorithm (whole distance matrix, full-row argsort) on the first --argsort_size
-    images, extrapolated to --num_images as N^2 log N (time) and N^2 (memory).
+    images, extrapolated to --num_images as N^2 log N (time) and N^2 (memory). The original's process pool
+    splits the same work over at most the core count, after copying the features to every worker.
 Times are given as ratios to the GEMM time. The machine's other load makes single runs noisy.
 """
 import argparse
@@ -124,6 +125,11 @@ def original_neighbours(features):
     return np.argsort(dist, axis=1)
 
 
+def _best(runs):
+    """Fastest wall and CPU time of several measured() runs, and their largest peak memory."""
+    return min(r[1] for r in runs), min(r[2] for r in runs), max(r[3] for r in runs)
+
+
 def main(argv=None):
     args = parse_args(argv)
     ks = sorted(set(args.recall_ks))
@@ -141,9 +147,8 @@ def main(argv=None):
             ours.append(measured(metrics.retrieval_metrics, features, labels, recall_ks=ks,
                                  memory_mb=args.memory_mb))
         result = ours[0][0]
-        best = lambda runs: (min(r[1] for r in runs), min(r[2] for r in runs), max(r[3] for r in runs))  # noqa
-        table = [("bare blocked GEMM F @ F.T",) + best(gemm) + ("",),
-                 ("metrics.retrieval_metrics (all metrics)",) + best(ours) + ("",)]
+        table = [("bare blocked GEMM F @ F.T",) + _best(gemm) + ("",),
+                 ("metrics.retrieval_metrics (all metrics)",) + _best(ours) + ("",)]
         print("metrics: " + ", ".join("%s=%.4f" % (k, v) for k, v in result.items() if k.startswith(("r", "m"))))
         if args.use_faiss:
             try:
