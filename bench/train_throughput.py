@@ -1,0 +1,329 @@
+"""Images per second of a training step and of feature extraction, on CPU: Paddle's static programs with oneDNN
+convolutions and with the default kernels, the step end to end through the real reader, Paddle's dynamic mode, and
+PyTorch as a reference.
+
+    python bench/train_throughput.py            # the README tables: about 10 minutes on 2 cores
+    python bench/train_throughput.py --quick    # a smoke test at tiny sizes, well under a minute
+    python bench/train_throughput.py --models=ResNet50 --sides=224 --batch_sizes=64 --steps=10 --rounds=3
+
+For every model x input side x loss, two `trainer.TrainingRun`s built from the training scripts' own flags, one with
+--use_mkldnn=True (the default: convolutions on oneDNN, see onednn.py) and one with --use_mkldnn=False (Paddle's
+default CPU kernels), are timed:
+  * compute: `TrainingRun.step` on one pre-made batch, fed again every step;
+  * end to end (oneDNN run only): `TrainingRun.step` fed by `TrainingRun.batches()`, the reader decoding the JPEGs of
+    a toy data set (data/make_toy_sop.py, made once under --work_dir) in --num_workers processes: the loop of
+    train_elem.py / train_pair.py without its logs, tests and saves;
+  * dynamic: the same models/ and losses/ code run eagerly, with the same Momentum optimizer;
+  * PyTorch, when installed (pip install torch==2.13.0, an optional extra): the same ResNet layout with a softmax head,
+    in a process of its own (bench/torch_reference.py).
+Feature extraction runs the feature program (programs.build_feature_program) with and without oneDNN, and PyTorch's
+eval. A measurement times --steps steps (end to end: --e2e_steps; the slow references: --reference_steps), after an
+untimed step in the first round and end to end always; all configurations take turns inside each of --rounds rounds,
+so that the machine's other load spreads over all of them. The tables show the median over rounds and ratios of those
+medians.
+"""
+import argparse
+import contextlib
+import io
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import utility  # noqa: E402  (the CPU thread count, before paddle loads)
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+import models  # noqa: E402
+import onednn  # noqa: E402
+import programs  # noqa: E402
+import train_elem  # noqa: E402
+import train_pair  # noqa: E402
+import trainer  # noqa: E402
+from data.make_toy_sop import make_toy_sop  # noqa: E402
+
+TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
+SCRIPTS = {"arcmargin": train_elem, "softmax": train_elem, "eml": train_pair, "quadruplet": train_pair,
+           "npairs": train_pair}
+QUICK = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--feature_batch_sizes=4", "--steps=1",
+         "--e2e_steps=2", "--reference_steps=1", "--rounds=1", "--classes=4"]
+# Layer constructors and parameter factories that models/ and losses/ call while they build a network.
+BUILDERS = [(paddle.nn, name) for name in ("Conv2D", "BatchNorm2D", "Linear", "MaxPool2D", "AdaptiveAvgPool2D")]
+BUILDERS.append((paddle.static, "create_parameter"))
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
+    add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
+    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help="Training batch per side. Default: 32,8.")
+    add("--feature_batch_sizes", type=utility.parse_int_list, default=[64, 16],
+        help="Feature-extraction batch per side. Default: 64,16.")
+    add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
+    add("--steps", type=int, default=3, help="Timed steps per measurement of the oneDNN step and of feature "
+                                             "extraction. Default: %(default)s.")
+    add("--e2e_steps", type=int, default=10, help="Timed end-to-end steps per measurement, more than the reader "
+                                                  "prefetches (2 batches per worker). Default: %(default)s.")
+    add("--reference_steps", type=int, default=1, help="Timed steps per measurement of the slow references: default "
+                                                       "kernels and dynamic mode. Default: %(default)s.")
+    add("--rounds", type=int, default=3, help="Measurements per configuration; medians are shown. Default: 3.")
+    add("--num_workers", type=int, default=2, help="Reader processes end to end. Default: %(default)s.")
+    add("--classes", type=int, default=40, help="Products in the toy training split. Default: %(default)s.")
+    add("--torch", type=utility.str2bool, default=True, help="Time PyTorch if it is installed. Default: True.")
+    add("--work_dir", default="/tmp/train_throughput", help="Data sets and checkpoint directory. Default: %(default)s.")
+    add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    args = parser.parse_args(argv)
+    if args.quick:  # the user's own flags after QUICK, so that they win
+        args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))
+    args.models, args.losses = args.models.split(","), args.losses.split(",")
+    for name in args.models:
+        if name not in models.MODELS:
+            utility.flag_error("models", "%r is not one of %s" % (name, ", ".join(models.MODELS)))
+    for name in args.losses:
+        if name not in SCRIPTS:
+            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(SCRIPTS)))
+    for flag in ("batch_sizes", "feature_batch_sizes"):
+        if len(getattr(args, flag)) != len(args.sides):
+            utility.flag_error(flag, "needs one value per --sides entry")
+    for flag in ("steps", "e2e_steps", "reference_steps", "rounds", "classes"):
+        if getattr(args, flag) < 1:
+            utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
+    return args
+
+
+def jpeg_side(side):
+    """The toy data set's JPEG side for a training input side: a quarter larger, as SOP's photos are larger."""
+    return max(40, side * 5 // 4)
+
+
+def make_data_set(args, side):
+    data_dir = os.path.join(args.work_dir, "toy_%dpx_%dclasses" % (jpeg_side(side), args.classes))
+    make_toy_sop(data_dir, args.classes, 1, image_size=jpeg_side(side), seed=0, overwrite=True)
+    return data_dir
+
+
+def training_run(loss_name, model, side, batch_size, data_dir, args, use_mkldnn):
+    script = SCRIPTS[loss_name]
+    argv = ["--model=%s" % model, "--image_shape=3,%d,%d" % (side, side), "--train_batch_size=%d" % batch_size,
+            "--loss_name=%s" % loss_name, "--data_dir=%s" % data_dir, "--use_gpu=False",
+            "--use_mkldnn=%s" % use_mkldnn, "--num_workers=%d" % args.num_workers, "--crop_scale_min=0.3",
+            "--model_save_dir=%s" % os.path.join(args.work_dir, "output")]
+    if script is train_elem:
+        argv.append("--class_dim=%d" % args.classes)
+    parsed = trainer.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], argv)
+    with contextlib.redirect_stdout(io.StringIO()):  # its start-up log lines
+        return trainer.TrainingRun(parsed, script.make_loss(parsed))
+
+
+@contextlib.contextmanager
+def reusing(made):
+    """Runs models/ and losses/ code eagerly as one network: the first pass records every layer and parameter the code
+    creates, later passes get the recorded ones back in the same order instead of new ones."""
+    first_pass, position = not made, itertools.count()
+    originals = {(module, name): getattr(module, name) for module, name in BUILDERS}
+
+    def builder(create):
+        def build(*args, **kwargs):
+            if first_pass:
+                made.append(create(*args, **kwargs))
+                return made[-1]
+            return made[next(position)]
+        return build
+
+    for (module, name), create in originals.items():
+        setattr(module, name, builder(create))
+    try:
+        yield
+    finally:
+        for (module, name), create in originals.items():
+            setattr(module, name, create)
+
+
+class DynamicTraining:
+    """The training step of `TrainingRun` in Paddle's dynamic mode: same network, loss and optimizer settings."""
+
+    def __init__(self, run):
+        self.args, self.loss = run.args, SCRIPTS[run.args.loss_name].make_loss(run.args)
+        self.made, self.optimizer = [], None
+
+    def step(self, images, labels):
+        paddle.disable_static()
+        try:
+            with reusing(self.made):
+                feature = models.get_model(self.args.model).net(paddle.to_tensor(images), self.args.embedding_size)
+                result = self.loss.loss(feature, paddle.to_tensor(labels))
+            loss = paddle.mean(result[0] if isinstance(result, tuple) else result)
+            if self.optimizer is None:
+                parameters = [p for item in self.made
+                              for p in (item.parameters() if isinstance(item, paddle.nn.Layer) else [item])]
+                self.optimizer = paddle.optimizer.Momentum(
+                    learning_rate=programs.piecewise_decay(self.args.lr, self.args.lr_steps), parameters=parameters,
+                    momentum=programs.MOMENTUM, weight_decay=paddle.regularizer.L2Decay(programs.WEIGHT_DECAY))
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.clear_grad()
+        finally:
+            paddle.enable_static()
+
+
+def rate(step, batch_size, steps, warm_up=True):
+    if warm_up:
+        step()  # untimed: the program's first lowering, caches, allocations
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch_size * steps / (time.perf_counter() - start)
+
+
+def end_to_end_rate(run, batch_size, steps):
+    batches = run.batches()
+    with contextlib.closing(batches):
+        # The untimed first step waits for the new reader processes' first batch.
+        return rate(lambda: run.step(*next(batches), fetch_feature=False), batch_size, steps)
+
+
+def batch_for(run, batch_size):
+    """One real training batch, decoded once: the compute-only measurements feed it again and again."""
+    batches = run.batches()
+    with contextlib.closing(batches):
+        return next(batches)
+
+
+class ModelSide:
+    """Everything timed for one backbone at one input side, in a scope of its own (models share parameter names)."""
+
+    def __init__(self, model, side, batch_size, feature_batch_size, args):
+        self.model, self.side, self.batch_size, self.feature_batch_size = model, side, batch_size, feature_batch_size
+        self.scope, self.results = paddle.static.Scope(), {}
+        data_dir = make_data_set(args, side)
+        with paddle.static.scope_guard(self.scope):
+            self.runs = {(loss, kernels): training_run(loss, model, side, batch_size, data_dir, args,
+                                                       kernels == "oneDNN")
+                         for loss in args.losses for kernels in ("oneDNN", "default")}
+            self.dynamic = {loss: DynamicTraining(self.runs[loss, "default"]) for loss in args.losses}
+            self.batches = {loss: batch_for(self.runs[loss, "default"], batch_size) for loss in args.losses}
+            self.features = {kernels: self._feature_program(kernels == "oneDNN") for kernels in ("oneDNN", "default")}
+        self.feature_images = np.random.default_rng(0).standard_normal(
+            (feature_batch_size, 3, side, side)).astype("float32")
+
+    def _feature_program(self, use_onednn):
+        feature_program = programs.build_feature_program(self.model, 0, (3, self.side, self.side))
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(feature_program.startup)
+        if use_onednn:
+            onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS)
+        return executor, feature_program
+
+    def measure(self, args, warm_up):
+        """One round: every configuration once; `warm_up` (the first round) adds an untimed step before each."""
+        record = lambda key, value: self.results.setdefault(key, []).append(value)  # noqa: E731
+        with paddle.static.scope_guard(self.scope):
+            for loss in args.losses:
+                images, labels = self.batches[loss]
+                for kernels, steps in (("oneDNN", args.steps), ("default", args.reference_steps)):
+                    run = self.runs[loss, kernels]
+                    record((loss, kernels), rate(lambda: run.step(images, labels, fetch_feature=False),
+                                                 self.batch_size, steps, warm_up))
+                record((loss, "end to end"), end_to_end_rate(self.runs[loss, "oneDNN"], self.batch_size,
+                                                             args.e2e_steps))
+                record((loss, "dynamic"), rate(lambda: self.dynamic[loss].step(images, labels), self.batch_size,
+                                               args.reference_steps, warm_up))
+            for kernels, (executor, feature_program) in self.features.items():
+                feed = {"image": self.feature_images}
+                steps = args.steps if kernels == "oneDNN" else args.reference_steps
+                record(("features", kernels), rate(
+                    lambda: executor.run(feature_program.program, feed=feed, fetch_list=[feature_program.feature]),
+                    self.feature_batch_size, steps, warm_up))
+
+    def torch_configs(self, classes):
+        if not self.model.startswith("ResNet"):
+            return []  # the PyTorch reference has the ResNet layout only
+        blocks, bottleneck = models.resnet.RESNET_DEPTHS[int(self.model[len("ResNet"):])]
+        common = dict(blocks=blocks, bottleneck=bottleneck, shape=[3, self.side, self.side], classes=classes)
+        return [dict(common, key="%s %d train" % (self.model, self.side), kind="train", batch=self.batch_size),
+                dict(common, key="%s %d eval" % (self.model, self.side), kind="eval", batch=self.feature_batch_size)]
+
+    def median(self, key):
+        return statistics.median(self.results[key])
+
+
+def torch_round(configs, steps):
+    """One round of PyTorch measurements in a separate process; {} with a note on stderr if torch is missing."""
+    completed = subprocess.run([sys.executable, TORCH_SCRIPT, json.dumps({"steps": steps, "configs": configs})],
+                               capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError("bench/torch_reference.py failed:\n" + completed.stderr[-2000:])
+    rates = json.loads(completed.stdout.strip().splitlines()[-1])
+    if "error" in rates:
+        print("PyTorch reference skipped: %s" % rates["error"], file=sys.stderr)
+        return {}
+    return rates
+
+
+def cell(value, digits=1):
+    return "-" if value is None else "%.*f" % (digits, value)
+
+
+def ratio(numerator, denominator):
+    return None if numerator is None or denominator is None else numerator / denominator
+
+
+def print_tables(groups, torch_rates):
+    torch_median = lambda key: statistics.median(torch_rates[key]) if torch_rates.get(key) else None  # noqa: E731
+    print("\nTraining step, images/s (median of rounds); compute: one pre-made batch fed every step\n")
+    print("| model | input | batch | loss | oneDNN compute | end to end | e2e / compute | default kernels "
+          "| oneDNN / default | dynamic | static / dynamic | PyTorch | Paddle / PyTorch |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for group in groups:
+        torch_train = torch_median("%s %d train" % (group.model, group.side))
+        for loss in sorted({key[0] for key in group.results if key[0] != "features"}):
+            fast, e2e = group.median((loss, "oneDNN")), group.median((loss, "end to end"))
+            default, dynamic = group.median((loss, "default")), group.median((loss, "dynamic"))
+            print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
+                  % (group.model, group.side, group.side, group.batch_size, loss, cell(fast), cell(e2e),
+                     cell(ratio(e2e, fast), 2), cell(default), cell(ratio(fast, default), 1), cell(dynamic),
+                     cell(ratio(fast, dynamic), 1), cell(torch_train), cell(ratio(fast, torch_train), 2)))
+    print("\nFeature extraction (the feature program), images/s (median of rounds)\n")
+    print("| model | input | batch | oneDNN | default kernels | oneDNN / default | PyTorch eval | Paddle / PyTorch |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for group in groups:
+        fast, default = group.median(("features", "oneDNN")), group.median(("features", "default"))
+        torch_eval = torch_median("%s %d eval" % (group.model, group.side))
+        print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s |"
+              % (group.model, group.side, group.side, group.feature_batch_size, cell(fast), cell(default),
+                 cell(ratio(fast, default), 1), cell(torch_eval), cell(ratio(fast, torch_eval), 2)))
+    sys.stdout.flush()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.time()
+    print("CPUs: %d, threads: %s, paddle %s, load average at start: %.2f"
+          % (os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), paddle.__version__, os.getloadavg()[0]), flush=True)
+    paddle.enable_static()
+    paddle.seed(0)
+    groups = [ModelSide(model, side, batch_size, feature_batch_size, args)
+              for model in args.models
+              for side, batch_size, feature_batch_size in zip(args.sides, args.batch_sizes, args.feature_batch_sizes)]
+    torch_configs = [config for group in groups for config in group.torch_configs(args.classes)]
+    torch_rates = {}
+    for round_index in range(args.rounds):
+        for group in groups:
+            group.measure(args, warm_up=round_index == 0)
+        if args.torch:
+            for key, value in torch_round(torch_configs, args.steps).items():
+                torch_rates.setdefault(key, []).append(value)
+        print("round %d of %d done after %.0f s, load average %.2f"
+              % (round_index + 1, args.rounds, time.time() - started, os.getloadavg()[0]), flush=True)
+    print_tables(groups, torch_rates)
+
+
+if __name__ == "__main__":
+    main()
