@@ -138,7 +138,7 @@ def add_feature_arguments(parser, batch_size_default, runs_network=True):
     """Flags of the scripts that only run the feature program: eval.py, infer.py, export_model.py.
 
     export_model.py (`runs_network=False`) gets no --use_mkldnn: it writes the portable program, with Paddle's
-    standard ops only; `onednn.place_on_onednn` applies to a loaded inference program just as well.
+    standard ops only, which Paddle Inference runs with oneDNN on a CPU just as eval.py and infer.py do.
     """
     from utility import add_arguments, cuda_is_compiled, parse_image_shape
     add_arguments("model", str, "ResNet50", "Backbone, as in training.", parser)
@@ -170,16 +170,20 @@ def check_feature_arguments(args):
 
 
 def load_feature_program(args, log):
-    """Builds the feature program, initialises it and loads `--pretrained_model`; returns (executor, program)."""
+    """Builds the feature program, initialises it and loads `--pretrained_model`; returns (executor, program).
+
+    With --use_mkldnn on CPU the executor is an `onednn.InferenceExecutor`: the weights are final here, so Paddle
+    Inference's predictor may fold and fuse them, the fastest way Paddle has to run the program on a CPU.
+    """
     import checkpoint
     paddle.enable_static()
     feature_program = build_feature_program(args.model, args.embedding_size, args.image_shape)
     executor = paddle.static.Executor(make_place(args.use_gpu))
     executor.run(feature_program.startup)
-    if onednn.wanted(args.use_gpu, getattr(args, "use_mkldnn", False)):
-        onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS)
     if args.pretrained_model:
         checkpoint.load_pretrained(feature_program.program, args.pretrained_model, log=log)
     else:
         log("no --pretrained_model: using randomly initialised weights")
+    if onednn.wanted(args.use_gpu, getattr(args, "use_mkldnn", False)):
+        return onednn.InferenceExecutor(feature_program, executor), feature_program
     return executor, feature_program

@@ -95,6 +95,29 @@ def test_training_with_onednn_convolutions_takes_the_default_steps(loss):
         assert error < 2e-3, name
 
 
+def test_eval_and_infer_get_paddle_inference_with_the_same_features():
+    paddle.enable_static()
+    paddle.seed(3)
+    args = eval_script.make_parser().parse_args(["--model=ResNet18", "--embedding_size=8", "--image_shape=3,32,32",
+                                                 "--use_gpu=False"])
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        fast, feature_program = programs.load_feature_program(args, log=lambda message: None)
+        assert isinstance(fast, onednn.InferenceExecutor)
+        default = paddle.static.Executor(paddle.CPUPlace())
+        for batch_size in (4, 3):  # the last batch of a list is often short
+            feed = {"image": images(batch_size, seed=batch_size)}
+            fetch = [feature_program.feature]
+            (expected,) = default.run(feature_program.program, feed=feed, fetch_list=fetch)
+            (result,) = fast.run(feature_program.program, feed=feed, fetch_list=fetch)
+            assert result.shape == (batch_size, 8)
+            np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+        with pytest.raises(ValueError, match="its feature program only"):
+            fast.run(paddle.static.Program(), feed=feed, fetch_list=fetch)
+        args.use_mkldnn = False
+        plain, _ = programs.load_feature_program(args, log=lambda message: None)
+        assert isinstance(plain, paddle.static.Executor)
+
+
 def test_the_flag_is_on_by_default_where_the_network_runs():
     assert eval_script.make_parser().parse_args([]).use_mkldnn is True
     assert train_elem.make_parser().parse_args([]).use_mkldnn is True
