@@ -1,4 +1,4 @@
-"""PyTorch reference for bench/train_throughput.py: the ResNet layout of models/resnet.py, trained and evaluated by torch.
+"""PyTorch reference for bench/train_throughput.py: the ResNet layout of models/resnet.py, trained and evaluated.
 
     python bench/torch_reference.py '{"steps": 2, "configs": [{"key": "k", "kind": "train", "blocks": [2, 2, 2, 2],
         "bottleneck": false, "shape": [3, 64, 64], "batch": 32, "classes": 40}]}'
