@@ -6,6 +6,7 @@ The number of slots bounds both memory and how far decoding runs ahead of traini
 arrays made before the fork, so a batch of images crosses processes without being pickled.
 """
 import atexit
+import gc
 import multiprocessing
 import multiprocessing.util
 import os
@@ -94,14 +95,21 @@ class OrderedWorkerPool:
         _LIVE_POOLS.add(self)
         self.task_queue = context.Queue()
         self.result_queue = context.Queue()
-        for index in range(num_workers):
-            worker = context.Process(
-                target=_worker_loop,
-                args=(work, self.slots, self.task_queue, self.result_queue, os.getpid()),
-                name="reader-worker-%d" % index,
-                daemon=True)
-            worker.start()
-            self.workers.append(worker)
+        # A worker must never run the destructor of an object that was already garbage in this process when it
+        # forked: an unreachable Paddle executor's (~PirInterpreter) segfaults there. Frozen objects are left out of
+        # the workers' garbage collections; this process unfreezes them and collects its garbage as before.
+        gc.freeze()
+        try:
+            for index in range(num_workers):
+                worker = context.Process(
+                    target=_worker_loop,
+                    args=(work, self.slots, self.task_queue, self.result_queue, os.getpid()),
+                    name="reader-worker-%d" % index,
+                    daemon=True)
+                worker.start()
+                self.workers.append(worker)
+        finally:
+            gc.unfreeze()
 
     def imap(self, tasks):
         if self.num_workers == 0:

@@ -1,4 +1,5 @@
 """The SOP list format, the samplers, decoding and the worker processes, on small JPEG trees made here."""
+import gc
 import multiprocessing
 import os
 import signal
@@ -12,6 +13,7 @@ from PIL import Image
 
 import image_ops
 import reader
+import tiny_program
 import worker_pool
 
 HEADER = "image_id class_id super_class_id path\n"
@@ -327,6 +329,23 @@ def test_worker_exception_surfaces_with_its_traceback_and_no_orphans():
     assert multiprocessing.active_children() == []
     for pid in pids:
         assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+
+
+def collecting_work(task, out):
+    gc.collect()
+    out[:] = task
+    return 1, task
+
+
+def test_workers_leave_paddle_garbage_of_the_parent_alone():
+    tiny = tiny_program.build_tiny_program()
+    tiny.train_step()  # the executor now holds an interpreter, whose destructor segfaults in a forked child
+    cycle = [tiny]
+    cycle.append(cycle)  # unreachable, but only a garbage collection frees it
+    del tiny, cycle
+    with worker_pool.OrderedWorkerPool(collecting_work, 1, (1, 1)) as pool:
+        assert [task for _, task in pool.imap(range(3))] == [0, 1, 2]
+    assert gc.get_freeze_count() == 0  # this process collects its own garbage as before
 
 
 def slow_work(task, out):
