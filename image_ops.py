@@ -28,9 +28,12 @@ class BadImageError(Exception):
 def load_rgb(path):
     """Opens `path` fully decoded as an 8-bit RGB PIL image; raises BadImageError naming the file."""
     try:
-        with Image.open(path) as image:
+        # Opened through our own file object: leaving the block closes the file only. `with Image.open(path)` would
+        # also free the pixels of the image it returns when to_rgb hands back the same (already RGB) image.
+        with open(path, "rb") as file:
+            image = Image.open(file)
             image.load()
-            return to_rgb(image)
+        return to_rgb(image)
     except Exception as error:  # malformed files make PIL raise OSError, ValueError, SyntaxError, struct.error, ...
         raise BadImageError(path, "%s: %s" % (type(error).__name__, error)) from None
 
@@ -52,7 +55,7 @@ def to_rgb(image):
     if image.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def random_resized_crop(image, height, width, scale_min, rng):
@@ -76,16 +79,21 @@ def random_resized_crop(image, height, width, scale_min, rng):
 
 
 def resize_short_center_crop(image, height, width):
-    """Resizes the short side to TEST_RESIZE_RATIO times the crop, then takes the centre crop."""
+    """Resizes the short side to TEST_RESIZE_RATIO times the crop, then takes the centre crop.
+
+    Only the source region under the crop is resampled (PIL's `box`): the same pixels as resizing the whole image and
+    cropping, without computing the rows and columns the crop throws away.
+    """
     target_short = int(round(max(height, width) * TEST_RESIZE_RATIO))
     image_w, image_h = image.size
     scale = target_short / min(image_w, image_h)
     new_w = max(width, int(round(image_w * scale)))
     new_h = max(height, int(round(image_h * scale)))
-    image = image.resize((new_w, new_h), Image.BILINEAR)
     left = (new_w - width) // 2
     top = (new_h - height) // 2
-    return image.crop((left, top, left + width, top + height))
+    scale_w, scale_h = new_w / image_w, new_h / image_h
+    box = (left / scale_w, top / scale_h, (left + width) / scale_w, (top + height) / scale_h)
+    return image.resize((width, height), Image.BILINEAR, box=box)
 
 
 def normalize(image, out):

@@ -178,6 +178,31 @@ def test_test_transform_centre_crops_after_resizing_the_short_side():
     np.testing.assert_allclose(out[0, :, -1], white, atol=1e-3)
 
 
+@pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (97, 310), (30, 20), (1, 1)])
+def test_test_crop_equals_resizing_the_whole_image_then_cropping(size):
+    pixels = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    pixels = np.cumsum(pixels, axis=1, dtype=np.uint16).astype(np.uint8)  # texture at every scale, not just noise
+    image = Image.fromarray(pixels)
+    height, width = 56, 48
+    short = int(round(max(height, width) * image_ops.TEST_RESIZE_RATIO))
+    scale = short / min(size)
+    new_w, new_h = max(width, int(round(size[0] * scale))), max(height, int(round(size[1] * scale)))
+    left, top = (new_w - width) // 2, (new_h - height) // 2
+    whole = image.resize((new_w, new_h), Image.BILINEAR).crop((left, top, left + width, top + height))
+    cropped = image_ops.resize_short_center_crop(image, height, width)
+    difference = np.abs(np.asarray(cropped, dtype=np.int16) - np.asarray(whole, dtype=np.int16))
+    assert cropped.size == (width, height) and difference.max() <= 1  # PIL rounds its 8-bit filter weights
+
+
+def test_rgb_images_are_not_copied_and_others_are_converted(tmp_path):
+    rgb = Image.new("RGB", (4, 4), (1, 2, 3))
+    assert image_ops.to_rgb(rgb) is rgb
+    rgb.save(tmp_path / "rgb.png")
+    assert image_ops.load_rgb(str(tmp_path / "rgb.png")).getpixel((3, 3)) == (1, 2, 3)  # pixels outlive the file
+    gray = image_ops.to_rgb(Image.new("L", (4, 4), 7))
+    assert gray.mode == "RGB" and gray.getpixel((0, 0)) == (7, 7, 7)
+
+
 @pytest.mark.parametrize("size", [(300, 200), (64, 64), (20, 90), (1, 1)])
 def test_random_resized_crop_area_stays_in_range(size):
     rng = np.random.default_rng(0)
