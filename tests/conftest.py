@@ -1,8 +1,20 @@
-"""Shared test set-up: import the project from the repository root, threads set before Paddle loads."""
+"""Shared test set-up: import the project from the repository root, threads set before Paddle loads; toy data."""
 import os
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
+from data.make_toy_sop import make_toy_sop  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    """A tiny SOP-layout data set (12 training, 8 test classes of 3–5 JPEGs, 40 px) shared by every test that runs
+    the scripts. Read-only: a test that breaks or adds files works on a copy."""
+    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
+    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
+    return root

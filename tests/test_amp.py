@@ -9,16 +9,8 @@ import losses
 import models
 import programs
 import train_elem
-from data.make_toy_sop import make_toy_sop
 
 LOSS_OPS = ("pd_op.exp", "pd_op.log", "pd_op.logsumexp", "pd_op.rsqrt", "pd_op.softmax", "pd_op.sqrt")
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
 
 
 def logged_losses(output):

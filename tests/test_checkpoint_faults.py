@@ -17,13 +17,8 @@ import pytest
 import checkpoint
 import eval as eval_script
 import train_elem
-from fault_tools import TINY, error_line, make_toy_data, run_main, train_flags
+from script_tools import TINY, error_line, run_main, train_flags
 from tiny_program import build_tiny_program
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    return make_toy_data(str(tmp_path_factory.mktemp("toy") / "toy_sop"))
 
 
 class SimulatedCrash(BaseException):

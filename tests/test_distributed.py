@@ -14,18 +14,10 @@ import losses
 import reader
 import train_pair
 import trainer
-from data.make_toy_sop import make_toy_sop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_parallel_worker.py")
 LAUNCH_TIMEOUT_SECONDS = 240
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
 
 
 def worker_command(dump_dir, script_name, flags, processes):

@@ -24,12 +24,7 @@ import eval as eval_script
 import infer
 import train_elem
 import train_pair
-from fault_tools import ROOT, TINY, error_line, make_toy_data, run_main, train_flags
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    return make_toy_data(str(tmp_path_factory.mktemp("toy") / "toy_sop"))
+from script_tools import ROOT, TINY, error_line, run_main, train_flags
 
 
 # ---------------------------------------------------------------- processes and signals

@@ -17,12 +17,7 @@ import image_ops
 import infer
 import reader
 import train_elem
-from fault_tools import TINY, error_line, list_paths, make_toy_data, run_main, train_flags
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    return make_toy_data(str(tmp_path_factory.mktemp("toy") / "toy_sop"))
+from script_tools import TINY, error_line, list_paths, run_main, train_flags
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import programs
 import reader
 import train_elem
 import utility
-from data.make_toy_sop import make_toy_sop
 
 TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0"]
 # what tqdm draws: description, percentage, bar, count, [elapsed<remaining, rate]
@@ -33,13 +32,6 @@ def on_terminal(monkeypatch):
     screen = Terminal()
     monkeypatch.setattr(sys, "stdout", screen)
     return screen
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
 
 
 def num_test_images(root):

@@ -9,7 +9,7 @@ import pytest
 
 import run_log
 import train_elem
-from data.make_toy_sop import make_toy_sop
+from script_tools import train_flags
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
@@ -46,23 +46,14 @@ def test_no_git_commit_outside_a_repository(tmp_path):
     assert run_log.git_commit(str(tmp_path)) is None
 
 
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
-
-
-def train_flags(toy_root, save_dir, iterations, *extra):
-    return ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0",
-            "--data_dir=%s" % toy_root, "--model_save_dir=%s" % save_dir, "--loss_name=softmax", "--class_dim=12",
-            "--train_batch_size=6", "--test_batch_size=16", "--total_iter_num=%d" % iterations,
-            "--display_iter_step=1", "--test_iter_step=2", "--save_iter_step=2", "--lr=0.02"] + list(extra)
+def softmax_flags(toy_root, save_dir, iterations, *extra):
+    return train_flags(toy_root, save_dir, "softmax", iterations, num_workers=0, class_dim=12, test_iter_step=2,
+                       save_iter_step=2, lr=0.02) + list(extra)
 
 
 def test_each_run_writes_its_configuration_next_to_its_checkpoints(toy_root, tmp_path, capsys):
-    train_elem.main(train_flags(toy_root, tmp_path, 2))
-    train_elem.main(train_flags(toy_root, tmp_path, 3, "--checkpoint=%s" % (tmp_path / "ResNet18" / "2")))
+    train_elem.main(softmax_flags(toy_root, tmp_path, 2))
+    train_elem.main(softmax_flags(toy_root, tmp_path, 3, "--checkpoint=%s" % (tmp_path / "ResNet18" / "2")))
     output = capsys.readouterr().out
     run_dir = tmp_path / "ResNet18"
     assert {"2", "3", "run_config_0.json", "run_config_2.json"} <= set(os.listdir(run_dir))
@@ -92,7 +83,7 @@ def test_vdl_log_dir_records_loss_lr_and_test_recall(toy_root, tmp_path, capsys)
     pytest.importorskip("visualdl")
     from visualdl import LogReader
     vdl_dir = str(tmp_path / "vdl")
-    train_elem.main(train_flags(toy_root, tmp_path, 2, "--vdl_log_dir=%s" % vdl_dir))
+    train_elem.main(softmax_flags(toy_root, tmp_path, 2, "--vdl_log_dir=%s" % vdl_dir))
     output = capsys.readouterr().out
     (record_file,) = os.listdir(vdl_dir)
     records = LogReader(file_path=os.path.join(vdl_dir, record_file))
@@ -114,7 +105,7 @@ def test_vdl_log_dir_records_loss_lr_and_test_recall(toy_root, tmp_path, capsys)
 def test_vdl_log_dir_without_visualdl_is_a_clear_flag_error(toy_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "visualdl", None)  # as if not installed, whether it is or not
     with pytest.raises(SystemExit) as caught:
-        train_elem.main(train_flags(toy_root, tmp_path, 2, "--vdl_log_dir=%s" % (tmp_path / "vdl")))
+        train_elem.main(softmax_flags(toy_root, tmp_path, 2, "--vdl_log_dir=%s" % (tmp_path / "vdl")))
     assert caught.value.code == 2
     assert ("--vdl_log_dir: needs VisualDL, which is not installed: pip install visualdl"
             in capsys.readouterr().err)

@@ -17,24 +17,11 @@ import infer
 import reader
 import train_elem
 import train_pair
-from data.make_toy_sop import make_toy_sop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=1"]
+import script_tools
+from script_tools import ROOT, train_flags
 
-
-@pytest.fixture(scope="session")
-def toy_root(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
-
-
-def train_flags(toy_root, save_dir, loss_name, iterations, **extra):
-    flags = TINY + ["--data_dir=%s" % toy_root, "--model_save_dir=%s" % save_dir, "--loss_name=%s" % loss_name,
-                     "--train_batch_size=6", "--test_batch_size=16", "--total_iter_num=%d" % iterations,
-                     "--display_iter_step=1", "--test_iter_step=1000", "--save_iter_step=1000", "--lr=0.01"]
-    return flags + ["--%s=%s" % item for item in extra.items()]
+TINY = script_tools.TINY + ["--num_workers=1"]
 
 
 def logged_losses(output):

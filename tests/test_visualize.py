@@ -1,6 +1,7 @@
 """Retrieval pictures: nearest neighbours, the PNG grids and the Recall@K curve, alone and from eval.py --save_vis."""
 import math
 import os
+import shutil
 
 import numpy as np
 import paddle
@@ -11,7 +12,6 @@ import eval as eval_script
 import programs
 import reader
 import visualize
-from data.make_toy_sop import make_toy_sop
 
 FRAMED = visualize.TILE + 2 * visualize.BORDER
 # Five images whose features are unit vectors at these angles (degrees), with these labels.
@@ -121,10 +121,10 @@ TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_w
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    """The toy test split, plus a query list (each class's first image) and a gallery list (the others)."""
-    root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
+def toy_root(toy_root, tmp_path_factory):
+    """A copy of the toy data set, plus a query list (each test class's first image) and a gallery list (the
+    others)."""
+    root = shutil.copytree(toy_root, str(tmp_path_factory.mktemp("toy") / "toy_sop"))
     lines = open(os.path.join(root, reader.TEST_LIST)).read().splitlines()
     seen, query, gallery = set(), [lines[0]], [lines[0]]
     for line in lines[1:]:

@@ -1,16 +1,10 @@
-"""Helpers shared by the fault-injection tests: tiny flags, in-process script runs, the one-line error."""
+"""Helpers shared by the tests that run the scripts in this process: tiny flags, in-process runs, the one-line error."""
 import os
 
 import reader
-from data.make_toy_sop import make_toy_sop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False"]
-
-
-def make_toy_data(root):
-    make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
-    return root
 
 
 def train_flags(data_dir, save_dir, loss_name="eml", iterations=2, **extra):
