@@ -1,6 +1,9 @@
 """Flag parsing helpers."""
 import argparse
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -59,3 +62,13 @@ def test_recall_topk_against_brute_force():
         nearest = np.argsort(distances, axis=1)[:, :k]
         expected = np.mean([(labels[row] == labels[i]).any() for i, row in enumerate(nearest)])
         assert utility.recall_topk(features, labels, k=k) == pytest.approx(expected)
+
+
+def test_scripts_start_without_paddles_thread_warning_and_with_all_cores():
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", "import utility, os; print(os.environ['OMP_NUM_THREADS'])"],
+                            cwd=os.path.dirname(os.path.abspath(utility.__file__)), env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(os.cpu_count())
+    assert "OMP_NUM_THREADS" not in result.stderr
