@@ -114,6 +114,17 @@ def test_eval_recall_matches_brute_force_on_infer_features(toy_root, trained_che
     assert "| Recall@5 |" in output and "| MAP@R |" in output
 
 
+def test_without_weights_eval_scores_the_same_random_network_every_run(toy_root, capsys):
+    flags = TINY + ["--embedding_size=8", "--data_dir=%s" % toy_root, "--batch_size=16", "--recall_k=1,4"]
+    eval_script.main(flags)
+    first = capsys.readouterr().out
+    eval_script.main(flags)
+    second = capsys.readouterr().out
+    assert "no --pretrained_model: using randomly initialised weights" in first
+    table = [line for line in first.splitlines() if line.startswith("| Recall@")]
+    assert len(table) == 2 and table == [line for line in second.splitlines() if line.startswith("| Recall@")]
+
+
 def test_exported_model_gives_infer_features(toy_root, trained_checkpoint, tmp_path, capsys):
     features_path = str(tmp_path / "features.npy")
     # The exported program runs on Paddle's default kernels here: infer.py uses them too, for the same rounding.
