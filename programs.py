@@ -32,19 +32,38 @@ def make_place(use_gpu):
     return paddle.CUDAPlace(int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0]))
 
 
-def piecewise_decay(base_lr, lr_steps):
-    """The original's schedule: the learning rate is multiplied by 0.1 at each boundary."""
-    return paddle.optimizer.lr.PiecewiseDecay(boundaries=list(lr_steps),
-                                              values=[base_lr * 0.1 ** i for i in range(len(lr_steps) + 1)])
+LR_STRATEGIES = ("piecewise_decay", "cosine_decay")
+
+
+def make_lr_scheduler(base_lr, lr_steps, lr_strategy="piecewise_decay", warmup_iter_num=0, total_iter_num=None):
+    """The learning rate of every iteration, stepped once per iteration; its state goes into checkpoints.
+
+    piecewise_decay, the original's: multiplied by 0.1 at each of `lr_steps` (iterations counted from the start of
+    training). cosine_decay: from `base_lr` down to 0 at `total_iter_num` along half a cosine. A warm-up of
+    `warmup_iter_num` iterations first rises linearly from 0 to `base_lr`; the schedule proper starts after it.
+    """
+    if lr_strategy == "piecewise_decay":
+        scheduler = paddle.optimizer.lr.PiecewiseDecay(
+            boundaries=[step - warmup_iter_num for step in lr_steps],
+            values=[base_lr * 0.1 ** i for i in range(len(lr_steps) + 1)])
+    elif lr_strategy == "cosine_decay":
+        scheduler = paddle.optimizer.lr.CosineAnnealingDecay(base_lr, T_max=total_iter_num - warmup_iter_num)
+    else:
+        raise ValueError("unknown learning-rate strategy %r, not one of %s" % (lr_strategy, ", ".join(LR_STRATEGIES)))
+    if warmup_iter_num:
+        scheduler = paddle.optimizer.lr.LinearWarmup(scheduler, warmup_steps=warmup_iter_num, start_lr=0.0,
+                                                     end_lr=base_lr)
+    return scheduler
 
 
 def _image_input(image_shape):
     return paddle.static.data(name="image", shape=[None] + list(image_shape), dtype="float32")
 
 
-def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_steps, seed, amp_dtype=None,
+def build_train_program(model_name, embedding_size, image_shape, loss, scheduler, seed, amp_dtype=None,
                         world_size=1):
-    """Network, loss and Momentum with piecewise decay and L2 decay, as the original.
+    """Network, loss and Momentum with L2 decay as the original, its learning rate from `scheduler`
+    (`make_lr_scheduler`).
 
     `loss` is a `losses` object; element losses (softmax, arcmargin) return per-sample losses and class
     probabilities, from which top-1 and top-5 accuracy are computed; pair losses return the loss to average.
@@ -73,7 +92,6 @@ def build_train_program(model_name, embedding_size, image_shape, loss, lr, lr_st
                               paddle.metric.accuracy(probabilities, label, k=top_k)]
             else:
                 avg_loss = paddle.mean(result)
-            scheduler = piecewise_decay(lr, lr_steps)
             optimizer = distributed.DataParallelMomentum(world_size, learning_rate=scheduler, momentum=MOMENTUM,
                                                          weight_decay=paddle.regularizer.L2Decay(WEIGHT_DECAY))
             _minimize(optimizer, avg_loss, amp_dtype)

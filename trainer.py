@@ -36,7 +36,12 @@ def add_training_arguments(parser, defaults):
     add("train_batch_size", int, "Mini-batch size for training, over all processes of a distributed launch.")
     add("test_batch_size", int, "Mini-batch size for testing.")
     add("lr", float, "Initial learning rate.")
-    add("lr_steps", utility.parse_int_list, "Iterations at which the learning rate is multiplied by 0.1.")
+    add("lr_steps", utility.parse_int_list, "piecewise_decay: iterations at which the learning rate is multiplied "
+                                            "by 0.1.")
+    add_arguments("lr_strategy", str, "piecewise_decay", "Learning-rate schedule: piecewise_decay (by --lr_steps) "
+                  "or cosine_decay (to 0 at --total_iter_num).", parser)
+    add_arguments("warmup_iter_num", int, 0, "Iterations of linear warm-up from 0 to --lr before the schedule.",
+                  parser)
     add("total_iter_num", int, "Total number of training iterations.")
     add("display_iter_step", int, "Log every this many iterations.")
     add("test_iter_step", int, "Test Recall@1 on the test split every this many iterations.")
@@ -90,6 +95,14 @@ def parse_training_arguments(parser, loss_choices, argv=None):
         flag_error("lr_steps", "must be strictly increasing, got %s" % ",".join(map(str, args.lr_steps)))
     if args.lr_steps and min(args.lr_steps) <= 0:
         flag_error("lr_steps", "iterations must be positive, got %s" % ",".join(map(str, args.lr_steps)))
+    if args.lr_strategy not in programs.LR_STRATEGIES:
+        flag_error("lr_strategy", "%r is not one of %s" % (args.lr_strategy, ", ".join(programs.LR_STRATEGIES)))
+    if not 0 <= args.warmup_iter_num < args.total_iter_num:
+        flag_error("warmup_iter_num", "must be in [0, --total_iter_num=%d), got %d"
+                   % (args.total_iter_num, args.warmup_iter_num))
+    if args.lr_strategy == "piecewise_decay" and args.lr_steps and min(args.lr_steps) <= args.warmup_iter_num:
+        flag_error("lr_steps", "the learning rate cannot decay during the warm-up: %s is not after "
+                   "--warmup_iter_num=%d" % (",".join(map(str, args.lr_steps)), args.warmup_iter_num))
     if not 0 < args.crop_scale_min <= 1:
         flag_error("crop_scale_min", "must be in (0, 1], got %s" % args.crop_scale_min)
     if args.checkpoint and args.pretrained_model:
@@ -206,8 +219,10 @@ class TrainingRun:
                 losses.check_labels(self.train_list.class_ids - 1, args.class_dim)
             except ValueError as error:
                 utility.usage_error("%s (classes of %s)" % (error, self.train_list.list_path))
+        scheduler = programs.make_lr_scheduler(args.lr, args.lr_steps, args.lr_strategy, args.warmup_iter_num,
+                                               args.total_iter_num)
         self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, loss,
-                                                          args.lr, args.lr_steps, args.seed,
+                                                          scheduler, args.seed,
                                                           amp_dtype=args.amp_dtype if args.use_amp else None,
                                                           world_size=self.world_size)
         self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
@@ -226,7 +241,12 @@ class TrainingRun:
             state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
             self.iteration = state["iteration"]
             self.last_saved = args.checkpoint
-            self.train_program.scheduler.set_state_dict(state["lr_scheduler"])
+            scheduler = self.train_program.scheduler
+            if set(state["lr_scheduler"]) != set(scheduler.state_dict()):
+                flag_error("warmup_iter_num", "%s was saved by a run %s a warm-up; resume with the flags it was "
+                           "trained with (run_config_*.json beside it)"
+                           % (args.checkpoint, "with" if "LinearWarmup_LR" in state["lr_scheduler"] else "without"))
+            scheduler.set_state_dict(state["lr_scheduler"])
             self.log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
         elif args.pretrained_model:
             checkpoint.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
@@ -272,7 +292,9 @@ class TrainingRun:
         scalar_fetches = [program.loss] + program.accuracies
         outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
                                     fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
-        lr = program.scheduler.get_lr()
+        # The rate this step ran with, the one the executor fed: get_lr() recomputes it, which recursive schedules
+        # (cosine) cannot do twice.
+        lr = program.scheduler.last_lr
         program.scheduler.step()
         self.iteration += 1
         values = [float(np.asarray(value)) for value in outputs[:len(scalar_fetches)]]

@@ -166,7 +166,7 @@ class DynamicTraining:
                 parameters = [p for item in self.made
                               for p in (item.parameters() if isinstance(item, paddle.nn.Layer) else [item])]
                 self.optimizer = paddle.optimizer.Momentum(
-                    learning_rate=programs.piecewise_decay(self.args.lr, self.args.lr_steps), parameters=parameters,
+                    learning_rate=programs.make_lr_scheduler(self.args.lr, self.args.lr_steps), parameters=parameters,
                     momentum=programs.MOMENTUM, weight_decay=paddle.regularizer.L2Decay(programs.WEIGHT_DECAY))
             loss.backward()
             self.optimizer.step()

@@ -40,7 +40,7 @@ def result_dtypes(program, op_name):
 def test_network_runs_in_bfloat16_and_the_loss_in_float32():
     paddle.enable_static()
     loss = losses.ArcMarginLoss(class_dim=12, scale=16.0)
-    train = programs.build_train_program("ResNet18", 8, (3, 32, 32), loss, 0.01, [100], seed=0, amp_dtype="bfloat16")
+    train = programs.build_train_program("ResNet18", 8, (3, 32, 32), loss, 0.01, seed=0, amp_dtype="bfloat16")
     program = train.program
     assert set(result_dtypes(program, "pd_op.conv2d")) == {paddle.bfloat16}
     # The embedding layer's matmul runs in bfloat16, arcmargin's cosines in float32.
@@ -70,7 +70,7 @@ def train_one_program(amp_dtype, batches):
     paddle.enable_static()
     scope = paddle.static.Scope()
     with paddle.static.scope_guard(scope):
-        train = programs.build_train_program("ElementwiseNet", 0, (3, 8, 8), losses.SoftmaxLoss(4), 0.1, [100],
+        train = programs.build_train_program("ElementwiseNet", 0, (3, 8, 8), losses.SoftmaxLoss(4), 0.1,
                                              seed=5, amp_dtype=amp_dtype)
         executor = paddle.static.Executor(paddle.CPUPlace())
         executor.run(train.startup)

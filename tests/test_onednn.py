@@ -63,7 +63,7 @@ def train(loss, use_onednn, steps):
     paddle.enable_static()
     paddle.seed(1)
     with paddle.static.scope_guard(paddle.static.Scope()):
-        train_program = programs.build_train_program("ResNet18", 0, SHAPE, loss, 0.001, [1000], seed=1)
+        train_program = programs.build_train_program("ResNet18", 0, SHAPE, loss, 0.001, seed=1)
         executor = paddle.static.Executor(paddle.CPUPlace())
         executor.run(train_program.startup)
         if use_onednn:

@@ -67,6 +67,28 @@ def test_resume_continues_the_same_loss_sequence(toy_root, tmp_path, capsys):
     assert state["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
 
 
+def logged_learning_rates(output):
+    return [float(value) for value in re.findall(r"trainbatch \d+, lr ([\d.]+),", output)]
+
+
+def test_resume_inside_the_warm_up_continues_the_cosine_schedule(toy_root, tmp_path, capsys):
+    schedule = dict(class_dim=12, lr=0.04, lr_strategy="cosine_decay", warmup_iter_num=2, num_workers=0)
+    train_elem.main(train_flags(toy_root, tmp_path / "straight", "softmax", 5, save_iter_step=1, **schedule))
+    straight = capsys.readouterr().out
+    train_elem.main(train_flags(toy_root, tmp_path / "resumed", "softmax", 5,
+                                checkpoint=tmp_path / "straight" / "ResNet18" / "1", **schedule))
+    resumed = capsys.readouterr().out
+    assert logged_learning_rates(straight) == pytest.approx([0.0, 0.02, 0.04, 0.03, 0.01], abs=1e-6)
+    assert logged_learning_rates(resumed) == logged_learning_rates(straight)[1:]
+    assert logged_losses(resumed) == logged_losses(straight)[1:]
+    without_warm_up = dict(schedule, warmup_iter_num=0)
+    with pytest.raises(SystemExit) as caught:
+        train_elem.main(train_flags(toy_root, tmp_path / "resumed", "softmax", 5,
+                                    checkpoint=tmp_path / "straight" / "ResNet18" / "1", **without_warm_up))
+    assert caught.value.code == 2
+    assert "was saved by a run with a warm-up; resume with the flags" in capsys.readouterr().err
+
+
 def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsys):
     train_elem.main(train_flags(toy_root, tmp_path / "elem", "arcmargin", 1, class_dim=12, embedding_size=16))
     capsys.readouterr()
@@ -163,6 +185,9 @@ def test_every_script_has_help(script, flags):
     (train_elem, ["--model=ResNet51"], "--model: 'ResNet51' is not one of"),
     (train_elem, ["--lr_steps=300,200"], "--lr_steps: must be strictly increasing"),
     (train_elem, ["--train_batch_size=0"], "--train_batch_size: must be positive"),
+    (train_elem, ["--lr_strategy=step"], "--lr_strategy: 'step' is not one of piecewise_decay, cosine_decay"),
+    (train_elem, ["--warmup_iter_num=30000"], "--warmup_iter_num: must be in [0, --total_iter_num=30000)"),
+    (train_elem, ["--warmup_iter_num=15000"], "--lr_steps: the learning rate cannot decay during the warm-up"),
     (train_pair, ["--loss_name=npairs", "--samples_each_class=3", "--train_batch_size=6"],
      "--samples_each_class=3: npairs needs --samples_each_class=2"),
     (train_pair, ["--loss_name=eml", "--train_batch_size=7"], "--train_batch_size=7 is not divisible"),
