@@ -19,6 +19,7 @@ SHAPE = (3, 32, 32)
 RESNET18_CONVOLUTIONS = 20  # stem, 16 in the blocks, 3 projection shortcuts
 # Per convolution a batch norm; 17 relus, max and average pooling, 8 residual additions.
 RESNET18_FEATURE_OPS = 2 * RESNET18_CONVOLUTIONS + 17 + 2 + 8
+SE_RESNEXT50_CONVOLUTIONS = 53  # stem, 16 blocks of three (the middle one grouped), 4 projection shortcuts
 
 
 def images(batch_size, seed=0):
@@ -57,18 +58,18 @@ def test_features_with_onednn_equal_the_default_ones():
     np.testing.assert_allclose(fast, default, rtol=1e-4, atol=1e-5 * scale)
 
 
-def train(loss, use_onednn, steps):
+def train(loss, use_onednn, steps, model="ResNet18"):
     """Losses of `steps` Momentum steps from the same start, and the velocities after the first (the gradients
     plus weight decay, as the velocities start at 0)."""
     paddle.enable_static()
     paddle.seed(1)
     with paddle.static.scope_guard(paddle.static.Scope()):
-        train_program = programs.build_train_program("ResNet18", 0, SHAPE, loss, 0.001, seed=1)
+        train_program = programs.build_train_program(model, 0, SHAPE, loss, 0.001, seed=1)
         executor = paddle.static.Executor(paddle.CPUPlace())
         executor.run(train_program.startup)
         if use_onednn:
             placed = onednn.place_on_onednn(train_program.program, executor, onednn.TRAINING_OPS)
-            assert placed == 2 * RESNET18_CONVOLUTIONS
+            assert placed == 2 * (RESNET18_CONVOLUTIONS if model == "ResNet18" else SE_RESNEXT50_CONVOLUTIONS)
         labels = np.repeat(np.arange(4), 2).reshape(-1, 1)
         values, first_velocities = [], None
         for step in range(steps):
@@ -95,10 +96,20 @@ def test_training_with_onednn_convolutions_takes_the_default_steps(loss):
         assert error < 2e-3, name
 
 
-def test_eval_and_infer_get_paddle_inference_with_the_same_features():
+def test_grouped_convolutions_on_onednn_take_the_default_steps():
+    loss = losses.ArcMarginLoss(class_dim=4)
+    default_losses, default_velocities = train(loss, use_onednn=False, steps=2, model="SE_ResNeXt50_32x4d")
+    fast_losses, fast_velocities = train(loss, use_onednn=True, steps=2, model="SE_ResNeXt50_32x4d")
+    np.testing.assert_allclose(fast_losses, default_losses, rtol=1e-4)
+    for name, velocity in default_velocities.items():
+        error = np.linalg.norm(fast_velocities[name] - velocity) / np.linalg.norm(velocity)
+        assert error < 2e-3, name
+
+
+@pytest.mark.parametrize("model", ["ResNet18", "SE_ResNeXt50_32x4d"])
+def test_eval_and_infer_get_paddle_inference_with_the_same_features(model):
     paddle.enable_static()
-    paddle.seed(3)
-    args = eval_script.make_parser().parse_args(["--model=ResNet18", "--embedding_size=8", "--image_shape=3,32,32",
+    args = eval_script.make_parser().parse_args(["--model=%s" % model, "--embedding_size=8", "--image_shape=3,32,32",
                                                  "--use_gpu=False"])
     with paddle.static.scope_guard(paddle.static.Scope()):
         fast, feature_program = programs.load_feature_program(args, log=lambda message: None)
