@@ -8,6 +8,7 @@ import math
 import utility  # first: sets the CPU thread count before paddle is imported
 import losses
 import trainer
+import training_flags
 from utility import add_arguments
 
 DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), train_batch_size=256,
@@ -17,7 +18,7 @@ DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), t
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    trainer.add_training_arguments(parser, DEFAULTS)
+    training_flags.add_training_arguments(parser, DEFAULTS)
     add_arguments("class_dim", int, 11318, "Number of training classes (SOP: 11318).", parser)
     add_arguments("arc_scale", float, 80.0, "arcmargin: logit scale s.", parser)
     add_arguments("arc_margin", float, 0.15, "arcmargin: angular margin m in radians.", parser)
@@ -40,7 +41,7 @@ def make_loss(args):
 
 
 def main(argv=None):
-    args = trainer.parse_training_arguments(make_parser(), losses.ELEM_LOSSES, argv)
+    args = training_flags.parse_training_arguments(make_parser(), losses.ELEM_LOSSES, argv)
     trainer.train(args, make_loss(args))
 
 

@@ -8,6 +8,7 @@ import argparse
 import utility  # first: sets the CPU thread count before paddle is imported
 import losses
 import trainer
+import training_flags
 from utility import add_arguments
 
 DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), train_batch_size=120,
@@ -17,7 +18,7 @@ DEFAULTS = dict(model="ResNet50", embedding_size=0, image_shape=(3, 224, 224), t
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    trainer.add_training_arguments(parser, DEFAULTS)
+    training_flags.add_training_arguments(parser, DEFAULTS)
     add_arguments("samples_each_class", int, 2, "quadruplet, eml, npairs: images of each class in a batch.", parser)
     add_arguments("margin", float, 0.1, "triplet, quadruplet: the margin.", parser)
     add_arguments("npairs_reg_lambda", float, 0.01, "npairs: weight of the embedding-norm regulariser.", parser)
@@ -26,7 +27,7 @@ def make_parser():
 
 def make_loss(args):
     """Pair losses see the per-process batch; their constructors check it against --samples_each_class."""
-    batch_size = trainer.per_process_batch_size(args)
+    batch_size = training_flags.per_process_batch_size(args)
     if args.samples_each_class < 1:  # whatever the loss: a negative size is a typo, not a setting
         utility.flag_error("samples_each_class", "must be positive, got %d" % args.samples_each_class)
     try:
@@ -45,7 +46,7 @@ def make_loss(args):
 
 
 def main(argv=None):
-    args = trainer.parse_training_arguments(make_parser(), losses.PAIR_LOSSES, argv)
+    args = training_flags.parse_training_arguments(make_parser(), losses.PAIR_LOSSES, argv)
     trainer.train(args, make_loss(args))
 
 

@@ -47,6 +47,7 @@ import programs  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import trainer  # noqa: E402
+import training_flags  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
@@ -119,7 +120,7 @@ def training_run(loss_name, model, side, batch_size, data_dir, args, use_mkldnn)
             "--model_save_dir=%s" % os.path.join(args.work_dir, "output")]
     if script is train_elem:
         argv.append("--class_dim=%d" % args.classes)
-    parsed = trainer.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], argv)
+    parsed = training_flags.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], argv)
     with contextlib.redirect_stdout(io.StringIO()):  # its start-up log lines
         return trainer.TrainingRun(parsed, script.make_loss(parsed))
 

@@ -24,6 +24,7 @@ import models  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import trainer  # noqa: E402
+import training_flags  # noqa: E402
 
 SCRIPTS = {"train_elem": train_elem, "train_pair": train_pair}
 
@@ -40,7 +41,7 @@ class TinyNet:
 def main(dump_dir, script_name, flags):
     models.MODELS["TinyNet"] = TinyNet
     script = SCRIPTS[script_name]
-    args = trainer.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], flags)
+    args = training_flags.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], flags)
     run = trainer.TrainingRun(args, script.make_loss(args))
     with open(os.path.join(dump_dir, "pid%d" % run.rank), "w") as pid_file:
         pid_file.write(str(os.getpid()))

@@ -13,7 +13,7 @@ import pytest
 import losses
 import reader
 import train_pair
-import trainer
+import training_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_parallel_worker.py")
@@ -56,7 +56,7 @@ def logged_losses(output):
     return [float(value) for value in re.findall(r"trainbatch \d+, lr [\d.]+, loss ([-\d.e]+)", output)]
 
 
-def training_flags(toy_root, save_dir, **flags):
+def run_flags(toy_root, save_dir, **flags):
     defaults = dict(image_shape="3,32,32", use_gpu=False, num_workers=0, data_dir=toy_root, model_save_dir=save_dir,
                     test_batch_size=16, display_iter_step=1, test_iter_step=1000, save_iter_step=1000, lr=0.05,
                     rotate=True)
@@ -65,7 +65,7 @@ def training_flags(toy_root, save_dir, **flags):
 
 
 def test_two_processes_take_the_step_one_process_takes_on_the_whole_batch(toy_root, tmp_path):
-    flags = training_flags(toy_root, tmp_path / "saved", model="TinyNet", loss_name="softmax", class_dim=12,
+    flags = run_flags(toy_root, tmp_path / "saved", model="TinyNet", loss_name="softmax", class_dim=12,
                            train_batch_size=8, total_iter_num=2)
     single_output = run_worker(tmp_path / "single", "train_elem", flags, processes=1)
     run_worker(tmp_path / "pair", "train_elem", flags, processes=2)
@@ -119,7 +119,7 @@ def assert_stopped_with_one_checkpoint(dump_dir, save_dir, model):
 def test_pair_loss_processes_get_their_own_class_balanced_share_and_stop_together(toy_root, tmp_path):
     """eml on ResNet18 in bfloat16 AMP; a SIGTERM to the second process only stops both after the same iteration."""
     save_dir = tmp_path / "saved"
-    flags = training_flags(toy_root, save_dir, model="ResNet18", loss_name="eml", samples_each_class=2,
+    flags = run_flags(toy_root, save_dir, model="ResNet18", loss_name="eml", samples_each_class=2,
                            train_batch_size=8, total_iter_num=10000, lr=0.001, use_amp=True, amp_dtype="bfloat16")
     launcher = start_and_wait_for_iteration(tmp_path, "train_pair", flags, 2)
     try:
@@ -144,7 +144,7 @@ def test_pair_loss_processes_get_their_own_class_balanced_share_and_stop_togethe
 def test_ctrl_c_to_the_launcher_stops_both_processes_after_one_saved_iteration(toy_root, tmp_path):
     """The launcher turns Ctrl-C into a SIGTERM to each process, repeated 0.2 s later: still one graceful stop."""
     save_dir = tmp_path / "saved"
-    flags = training_flags(toy_root, save_dir, model="ResNet18", loss_name="softmax", class_dim=12,
+    flags = run_flags(toy_root, save_dir, model="ResNet18", loss_name="softmax", class_dim=12,
                            train_batch_size=8, total_iter_num=10000, lr=0.001)
     launcher = start_and_wait_for_iteration(tmp_path, "train_elem", flags, 2)
     try:
@@ -191,7 +191,7 @@ def test_rank_shares_put_together_are_the_single_process_batches(toy_root):
 
 
 def parse_pair_flags(*flags):
-    return trainer.parse_training_arguments(train_pair.make_parser(), losses.PAIR_LOSSES,
+    return training_flags.parse_training_arguments(train_pair.make_parser(), losses.PAIR_LOSSES,
                                             ["--data_dir=unused"] + list(flags))
 
 

@@ -89,6 +89,35 @@ def test_resume_inside_the_warm_up_continues_the_cosine_schedule(toy_root, tmp_p
     assert "was saved by a run with a warm-up; resume with the flags" in capsys.readouterr().err
 
 
+def test_the_best_test_recall_keeps_its_checkpoint_and_eval_scores_it_the_same(toy_root, tmp_path, capsys):
+    flags = train_flags(toy_root, tmp_path, "softmax", 5, class_dim=12, lr=0.05, test_iter_step=1, save_iter_step=2,
+                        num_workers=0)
+    train_elem.main(flags[:-1] + ["--total_iter_num=3"])
+    train_elem.main(flags + ["--checkpoint=%s" % (tmp_path / "ResNet18" / "2")])
+    output = capsys.readouterr().out
+    recalls = [float(value) for value in re.findall(r"trainbatch \d+, test_recall ([\d.]+)", output)]
+    assert len(recalls) == 6  # iterations 1, 2, 3, then 3, 4, 5 again after resuming at 2
+    first_run, resumed = recalls[:3], recalls[3:]
+    assert resumed[0] == first_run[2]  # the resumed run repeats iteration 3 exactly
+    improvements = [recall for index, recall in enumerate(first_run) if recall > max(first_run[:index], default=-1)]
+    best_before_resume = max(first_run[:2])  # what the checkpoint of iteration 2 knew
+    improvements += [recall for index, recall in enumerate(resumed)
+                     if recall > max([best_before_resume] + resumed[:index])]
+    assert output.count("saved best checkpoint") == len(improvements)
+    state = json.load(open(tmp_path / "ResNet18" / "best" / "trainer_state.json"))
+    best = max([best_before_resume] + resumed)
+    assert state["test_recall"] == pytest.approx(best, abs=1e-5) == state["best_test_recall"]
+    by_iteration = {int(iteration): float(recall) for iteration, recall in
+                    re.findall(r"trainbatch (\d+), test_recall ([\d.]+)", output)}  # the resumed run's last
+    assert by_iteration[state["iteration"]] == pytest.approx(best, abs=1e-5)
+    eval_script.main(TINY + ["--data_dir=%s" % toy_root, "--pretrained_model=%s" % (tmp_path / "ResNet18" / "best"),
+                             "--batch_size=16", "--recall_k=1"])
+    assert "| Recall@1 | %.4f |" % best in capsys.readouterr().out
+    train_elem.main(train_flags(toy_root, tmp_path / "none", "softmax", 1, class_dim=12, test_iter_step=1,
+                                save_best=False, num_workers=0))
+    assert "saved best" not in capsys.readouterr().out and not os.path.exists(tmp_path / "none" / "ResNet18" / "best")
+
+
 def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsys):
     train_elem.main(train_flags(toy_root, tmp_path / "elem", "arcmargin", 1, class_dim=12, embedding_size=16))
     capsys.readouterr()
