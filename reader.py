@@ -7,7 +7,7 @@ test and infer keep `class_id`, which only has to tell classes apart.
 Sampling, by loss:
 - softmax, arcmargin: a shuffled list of all images, reshuffled every epoch;
 - triplet: consecutive (anchor, positive, negative) triples;
-- quadruplet, eml, npairs: class-balanced batches, `batch_size / samples_each_class` classes with
+- quadruplet, eml, npairs, multisimilarity: class-balanced batches, `batch_size / samples_each_class` classes with
   `samples_each_class` images each, consecutive in the batch. Classes with fewer images than that are left out of
   sampling (a warning counts them): repeating an image would make a trivially easy positive pair.
 Every sampler is a pure function of (seed, batch index), so a resumed run draws the very batches it would have drawn,
@@ -31,7 +31,7 @@ LIST_HEADER = ("image_id", "class_id", "super_class_id", "path")
 TRAIN_LIST = "Ebay_train.txt"
 TEST_LIST = "Ebay_test.txt"
 ELEMENT_LOSSES = ("softmax", "arcmargin")
-CLASS_BALANCED_LOSSES = ("quadruplet", "eml", "npairs")
+CLASS_BALANCED_LOSSES = ("quadruplet", "eml", "npairs", "multisimilarity")
 # Independent random streams derived from the one --seed.
 SAMPLING_STREAM, AUGMENT_STREAM = 1, 2
 MAX_REPLACEMENT_TRIES = 10
@@ -183,7 +183,7 @@ class TripletSampler:
 
 
 class ClassBalancedSampler:
-    """quadruplet/eml/npairs: each batch is `batch_size / samples_each_class` distinct classes × that many images.
+    """quadruplet/eml/npairs/multisimilarity: each batch is `batch_size / samples_each_class` distinct classes × that many images.
 
     Classes are visited in a fresh random order each epoch, the tail that does not fill a batch dropped.
     """

@@ -53,7 +53,7 @@ from data.make_toy_sop import make_toy_sop  # noqa: E402
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
 INFERENCE_SCRIPT = os.path.join(ROOT, "bench", "inference_rate.py")
 SCRIPTS = {"arcmargin": train_elem, "softmax": train_elem, "eml": train_pair, "quadruplet": train_pair,
-           "npairs": train_pair}
+           "npairs": train_pair, "multisimilarity": train_pair}
 QUICK = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--feature_batch_sizes=4", "--steps=1",
          "--e2e_steps=2", "--reference_steps=1", "--rounds=1", "--classes=4"]
 # Layer constructors and parameter factories that models/ and losses/ call while they build a network.

@@ -1,4 +1,4 @@
-"""The six losses against float64 NumPy versions of the original formulas: values, gradients, batch order,
+"""The seven losses against float64 NumPy versions of the original formulas: values, gradients, batch order,
 extreme inputs, configuration errors, and a few dozen training steps on Gaussian clusters."""
 import math
 
@@ -133,6 +133,25 @@ def ref_npairs(x, labels, reg_lambda):
     target = (labels[0::2][:, None] == labels[1::2][None, :]).astype(np.float64)
     xent = -(target * np_log_softmax(anchor @ positive.T)).sum(1).mean()
     return xent + 0.25 * reg_lambda * ((anchor ** 2).sum(1).mean() + (positive ** 2).sum(1).mean())
+
+
+def ref_multisimilarity(x, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+    """Per anchor, with the pairs mined as in the paper; 0 for an anchor without a positive or a negative."""
+    similarity = np_normalize(x) @ np_normalize(x).T
+    out = []
+    for i in range(len(x)):
+        positives = [j for j in range(len(x)) if labels[j] == labels[i] and j != i]
+        negatives = [k for k in range(len(x)) if labels[k] != labels[i]]
+        if not positives or not negatives:
+            out.append(0.0)
+            continue
+        hardest_negative = max(similarity[i, k] for k in negatives)
+        hardest_positive = min(similarity[i, j] for j in positives)
+        kept_positives = [similarity[i, j] for j in positives if similarity[i, j] - epsilon < hardest_negative]
+        kept_negatives = [similarity[i, k] for k in negatives if similarity[i, k] + epsilon > hardest_positive]
+        out.append(math.log(1 + sum(math.exp(-alpha * (s - base)) for s in kept_positives)) / alpha
+                   + math.log(1 + sum(math.exp(beta * (s - base)) for s in kept_negatives)) / beta)
+    return np.array(out)[:, None]
 
 
 # ---------------------------------------------------------------- batches
@@ -393,13 +412,61 @@ def test_npairs_large_similarities_stay_finite():
     np.testing.assert_allclose(loss, ref_npairs(x, labels, 0.01), rtol=1e-5)
 
 
+# ---------------------------------------------------------------- multi-similarity
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("samples_each_class, parameters", [
+    (2, {}), (3, {}), (3, dict(alpha=4.0, beta=20.0, base=0.2, epsilon=0.5)), (4, dict(epsilon=2.5))])
+def test_multisimilarity_matches_reference(seed, samples_each_class, parameters):
+    rng = np.random.default_rng(seed)
+    labels = balanced_labels(12 // samples_each_class, samples_each_class, rng)
+    x = rng.normal(size=(12, FEATURE_DIM)) + 2.0 * np.eye(FEATURE_DIM)[labels % FEATURE_DIM]  # some easy pairs
+    (loss,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(12, samples_each_class, **parameters), x, labels)
+    reference = ref_multisimilarity(x, labels, **parameters)
+    assert loss.shape == (12, 1) and reference.max() > 0
+    np.testing.assert_allclose(loss, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_multisimilarity_mining_leaves_easy_pairs_out():
+    # Two tight, far-apart classes: every pair is easy, nothing is mined, the loss is 0 and so is its gradient.
+    x = np.repeat(np.eye(FEATURE_DIM)[:2], 3, axis=0) + 1e-3 * np.random.default_rng(16).normal(size=(6, FEATURE_DIM))
+    labels = np.repeat(np.arange(2), 3)
+    (loss,), _, gradient = run_loss(lambda: losses.MultiSimilarityLoss(6, 3), x, labels, probe="sum")
+    assert np.all(loss == 0) and np.all(gradient == 0)
+    # With a mining margin wider than any similarity gap every pair is kept: the plain multi-similarity loss.
+    (wide,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(6, 3, epsilon=3.0), x, labels)
+    assert wide.min() > 0
+    np.testing.assert_allclose(wide, ref_multisimilarity(x, labels, epsilon=3.0), rtol=1e-5)
+
+
+def test_multisimilarity_gradient():
+    rng = np.random.default_rng(17)
+    labels, x = balanced_labels(3, 2, rng), rng.normal(size=(6, 4))
+    probe = rng.normal(size=(6, 1))
+    make = lambda: losses.MultiSimilarityLoss(6, 2, epsilon=0.3)
+    _, _, gradient = run_loss(make, x, labels, dtype="float64", probe=probe)
+    objective = lambda z: (ref_multisimilarity(z, labels, epsilon=0.3) * probe).sum()
+    np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-5, atol=1e-7)
+
+
+def test_multisimilarity_anchor_without_positive_or_negative_is_zero():
+    x = np.random.default_rng(18).normal(size=(4, FEATURE_DIM))
+    (loss,), _, gradient = run_loss(lambda: losses.MultiSimilarityLoss(4, 2, epsilon=3.0), x, np.array([0, 0, 1, 2]),
+                                    probe="sum")
+    assert np.all(loss[2:] == 0) and np.all(loss[:2] > 0) and np.isfinite(gradient).all()
+    (loss,), _, gradient = run_loss(lambda: losses.MultiSimilarityLoss(4, 2), x, np.array([7, 7, 7, 7]),
+                                    probe="sum")
+    assert np.all(loss == 0) and np.all(gradient == 0)
+
+
 # ---------------------------------------------------------------- identical features
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_identical_features_stay_finite(name):
     make = {"softmax": lambda: losses.SoftmaxLoss(3), "arcmargin": lambda: losses.ArcMarginLoss(3),
             "triplet": lambda: losses.TripletLoss(), "quadruplet": lambda: losses.QuadrupletLoss(6, 2),
-            "eml": lambda: losses.EmlLoss(6, 2), "npairs": lambda: losses.NpairsLoss(6, 2)}[name]
+            "eml": lambda: losses.EmlLoss(6, 2), "npairs": lambda: losses.NpairsLoss(6, 2),
+            "multisimilarity": lambda: losses.MultiSimilarityLoss(6, 2)}[name]
     x, labels = np.tile(np.linspace(-1, 1, FEATURE_DIM), (6, 1)), np.repeat(np.arange(3), 2)
     outputs, _, gradient = run_loss(make, x, labels, probe="sum")
     assert all(np.isfinite(out).all() for out in outputs) and np.isfinite(gradient).all()
@@ -422,6 +489,8 @@ def test_shuffled_batch_gives_the_same_loss(seed):
     np.testing.assert_allclose(quad, ref_quadruplet(x, 3, 0.1), rtol=1e-5, atol=1e-6)
     (eml,), _, _ = run_loss(lambda: losses.EmlLoss(12, 3), x[order], labels[order])
     np.testing.assert_allclose(eml, ref_eml(x, 3)[order], rtol=1e-5, atol=1e-6)
+    (multisimilarity,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(12, 3), x[order], labels[order])
+    np.testing.assert_allclose(multisimilarity, ref_multisimilarity(x, labels)[order], rtol=1e-5, atol=1e-6)
 
     pair_labels = balanced_labels(6, 2, rng)
     order = rng.permutation(12)
@@ -487,6 +556,9 @@ def test_head_parameters_are_shared_by_name_across_programs():
     (lambda: losses.NpairsLoss(12, 3), "--samples_each_class=3"),
     (lambda: losses.NpairsLoss(9, 2), "--train_batch_size=9"),
     (lambda: losses.TripletLoss(train_batch_size=10), "--train_batch_size=10"),
+    (lambda: losses.MultiSimilarityLoss(9, 2), "--train_batch_size=9"),
+    (lambda: losses.MultiSimilarityLoss(8, 2, alpha=0.0), "--ms_alpha=0.0"),
+    (lambda: losses.MultiSimilarityLoss(8, 2, beta=-1.0), "--ms_beta=-1.0"),
     (lambda: losses.check_labels([0, 3, 5], 5), "--class_dim=5"),
 ])
 def test_invalid_configuration_names_the_flag(make, flag):
@@ -508,6 +580,7 @@ def test_check_labels_accepts_labels_below_class_dim():
 def test_registry():
     assert set(losses.LOSSES) == set(losses.ELEM_LOSSES) | set(losses.PAIR_LOSSES)
     assert losses.LOSSES["eml"] is losses.EmlLoss and losses.LOSSES["arcmargin"] is losses.ArcMarginLoss
+    assert losses.LOSSES["multisimilarity"] is losses.MultiSimilarityLoss
 
 
 # ---------------------------------------------------------------- training a tiny embedding
@@ -537,6 +610,8 @@ TRAINING = {
     "quadruplet": (lambda: losses.QuadrupletLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.1),
     "eml": (lambda: losses.EmlLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.02),
     "npairs": (lambda: losses.NpairsLoss(12, 2), lambda rng: rng.permutation(NUM_CLASSES).repeat(2), 0.01),
+    "multisimilarity": (lambda: losses.MultiSimilarityLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3),
+                        0.05),
 }
 
 

@@ -35,6 +35,7 @@ def logged_losses(output):
     (train_pair, "quadruplet", {}),
     (train_pair, "eml", {}),
     (train_pair, "npairs", {}),
+    (train_pair, "multisimilarity", {"ms_epsilon": 2.5}),
 ])
 def test_each_loss_trains_through_its_script(toy_root, tmp_path, capsys, script, loss_name, extra):
     script.main(train_flags(toy_root, tmp_path, loss_name, 2, test_iter_step=2, **extra))

@@ -1,0 +1,57 @@
+"""Multi-similarity loss with its pair mining (Wang et al., CVPR 2019, https://arxiv.org/abs/1904.06627)."""
+import paddle
+
+from .commonfunc import (LARGE, check_class_balanced_batch, filled_like, l2_normalize, masked_max, masked_min,
+                         negative_mask, positive_mask)
+
+
+def log_one_plus_sum_exp(exponent, mask):
+    """log(1 + sum over the masked entries of exp(exponent)) per row, [N, 1]; 0 for a row with nothing masked.
+
+    A logsumexp with a column of zeros standing for the 1, so that large exponents cannot overflow.
+    """
+    exponent = paddle.where(mask, exponent, filled_like(exponent, -LARGE))
+    one = paddle.zeros_like(exponent[:, :1])
+    return paddle.logsumexp(paddle.concat([one, exponent], axis=1), axis=1, keepdim=True)
+
+
+class MultiSimilarityLoss:
+    """Soft weighting of every informative pair of an anchor, on cosine similarities.
+
+    With S_ij the cosine similarity of the L2-normalised embeddings, positives P_i (same label, j != i) and
+    negatives N_i (different label), mining keeps the pairs that violate the other side by the margin epsilon:
+        P_i' = {j in P_i : S_ij - epsilon < max_{N_i} S_ik},   N_i' = {k in N_i : S_ik + epsilon > min_{P_i} S_ij},
+    and the loss of anchor i is
+        1/alpha log(1 + sum_{P_i'} exp(-alpha (S_ij - base))) + 1/beta log(1 + sum_{N_i'} exp(beta (S_ik - base))).
+    Defaults are the paper's (alpha 2, beta 50, base 0.5, epsilon 0.1), as in pytorch-metric-learning.
+
+    Args:
+        train_batch_size: images per batch (all devices); checked to split into groups of samples_each_class.
+        samples_each_class: images of one class per group in the sampler's batches.
+
+    `loss(input, label)` returns the per-anchor losses [N, 1]. An anchor whose pairs are all mined away, or that
+    has no positive or no negative in the batch, gets loss 0 and no gradient (it still counts in the caller's mean).
+    """
+
+    def __init__(self, train_batch_size, samples_each_class, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
+        check_class_balanced_batch(train_batch_size, samples_each_class, "multisimilarity")
+        for flag, value in (("ms_alpha", alpha), ("ms_beta", beta)):
+            if value <= 0:
+                raise ValueError("--%s=%s: must be positive" % (flag, value))
+        self.train_batch_size = train_batch_size
+        self.samples_each_class = samples_each_class
+        self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
+
+    def loss(self, input, label):
+        embedding = l2_normalize(input)
+        similarity = paddle.matmul(embedding, embedding, transpose_y=True)
+        positive, negative = positive_mask(label), negative_mask(label)
+        # An anchor without negatives has max = -LARGE and keeps no positive; without positives, min = +LARGE
+        # and it keeps no negative: both terms are then log(1) = 0.
+        hardest_negative = masked_max(similarity, negative, axis=1, keepdim=True)
+        hardest_positive = masked_min(similarity, positive, axis=1, keepdim=True)
+        kept_positive = positive & (similarity - self.epsilon < hardest_negative)
+        kept_negative = negative & (similarity + self.epsilon > hardest_positive)
+        positive_term = log_one_plus_sum_exp(-self.alpha * (similarity - self.base), kept_positive) / self.alpha
+        negative_term = log_one_plus_sum_exp(self.beta * (similarity - self.base), kept_negative) / self.beta
+        return positive_term + negative_term
