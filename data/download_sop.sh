@@ -19,22 +19,8 @@ SOP_URL=${SOP_URL:-"ftp://cs.stanford.edu/cs/cvgl/$ZIP_NAME http://ftp.cs.stanfo
 SOP_DATA_DIR=${SOP_DATA_DIR:-$(dirname "$0")}
 SOP_CONNECT_TIMEOUT=${SOP_CONNECT_TIMEOUT:-15}
 
-fail() {
-    echo "download_sop.sh: error: $*" >&2
-    exit 1
-}
-
-# curl first: it also reads file:// addresses; wget is the fallback on machines without curl.
-fetch() {
-    if command -v curl >/dev/null 2>&1; then
-        curl --fail --location --connect-timeout "$SOP_CONNECT_TIMEOUT" --continue-at - --output "$2" "$1"
-    elif command -v wget >/dev/null 2>&1; then
-        wget --tries=2 --dns-timeout="$SOP_CONNECT_TIMEOUT" --connect-timeout="$SOP_CONNECT_TIMEOUT" \
-            --read-timeout=120 --continue --output-document="$2" "$1"
-    else
-        fail "neither curl nor wget is installed"
-    fi
-}
+FETCH_CONNECT_TIMEOUT=$SOP_CONNECT_TIMEOUT
+. "$(dirname "$0")/fetch.sh"
 
 command -v unzip >/dev/null 2>&1 || fail "unzip is not installed"
 cd "$SOP_DATA_DIR" || fail "cannot enter the data directory $SOP_DATA_DIR"

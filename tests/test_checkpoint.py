@@ -1,6 +1,8 @@
 """Atomic checkpoints, exact restore, and pretrained weights from each supported source."""
 import os
 import pickle
+import subprocess
+import tarfile
 
 import numpy as np
 import paddle
@@ -8,6 +10,9 @@ import pytest
 
 import checkpoint
 from tiny_program import build_tiny_program
+
+DOWNLOAD_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                               "download_pretrained.sh")
 
 
 @pytest.fixture
@@ -127,6 +132,45 @@ def test_pretrained_from_fluid_per_variable_files(tiny_program, tmp_path):
     counts = checkpoint.load_pretrained(program, directory)
     assert counts["loaded"] == 7 and counts["missing"] == 0
     assert_loaded(program, target, ["conv1_weights", "bn_conv1_scale", "bn_conv1_variance", "fc_weights"])
+
+
+def run_download(arguments, target, url):
+    env = dict(os.environ, PRETRAINED_DIR=str(target), PRETRAINED_URL=url, PRETRAINED_CONNECT_TIMEOUT="2")
+    return subprocess.run(["sh", DOWNLOAD_SCRIPT] + arguments, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_downloaded_imagenet_tar_is_unpacked_and_loads_by_name(tiny_program, tmp_path):
+    program, startup, executor = tiny_program
+    target = values(program)
+    paddle.static.save_vars(executor, str(tmp_path / "zoo" / "ResNet50_pretrained"), program, vars=None)
+    with tarfile.open(tmp_path / "ResNet50_pretrained.tar", "w") as mirror:  # the model zoo's layout
+        mirror.add(str(tmp_path / "zoo" / "ResNet50_pretrained"), "ResNet50_pretrained")
+    url = "file://%s" % (tmp_path / "ResNet50_pretrained.tar")
+
+    result = run_download(["ResNet50"], tmp_path / "pretrained", url)
+    directory = tmp_path / "pretrained" / "ResNet50_pretrained"
+    assert result.returncode == 0, result.stderr
+    assert "--pretrained_model=%s" % directory in result.stdout
+    assert sorted(os.listdir(tmp_path / "pretrained")) == ["ResNet50_pretrained", "ResNet50_pretrained.tar"]
+    executor.run(startup)
+    assert checkpoint.load_pretrained(program, str(directory))["loaded"] == 7
+    assert_loaded(program, target, ["conv1_weights", "bn_conv1_variance", "fc_weights"])
+    again = run_download(["ResNet50"], tmp_path / "pretrained", "http://127.0.0.1:9/unused.tar")
+    assert again.returncode == 0 and "already there" in again.stdout
+
+
+def test_pretrained_download_failures_are_clear(tmp_path):
+    refused = run_download(["ResNet18"], tmp_path / "pretrained", "http://127.0.0.1:9/ResNet18_pretrained.tar")
+    assert refused.returncode == 1
+    assert "could not download a complete ResNet18_pretrained.tar" in refused.stderr
+    assert os.listdir(tmp_path / "pretrained") == []
+    with tarfile.open(tmp_path / "other.tar", "w") as wrong:
+        (tmp_path / "notes.txt").write_text("not weights")
+        wrong.add(str(tmp_path / "notes.txt"), "notes.txt")
+    misnamed = run_download(["ResNet18"], tmp_path / "pretrained", "file://%s" % (tmp_path / "other.tar"))
+    assert misnamed.returncode == 1 and "ResNet18_pretrained.tar holds no ResNet18_pretrained/ folder" in misnamed.stderr
+    usage = run_download([], tmp_path / "pretrained", "unused")
+    assert usage.returncode == 2 and "usage: sh download_pretrained.sh MODEL" in usage.stderr
 
 
 def test_pretrained_errors(tiny_program, tmp_path):
