@@ -34,34 +34,15 @@ if [ -d "$NAME" ]; then
     exit 0
 fi
 
-if [ -f "$NAME.tar" ] && tar -tf "$NAME.tar" >/dev/null 2>&1; then
-    echo "$NAME.tar is already there and complete: not downloading it again"
-else
-    if [ -f "$NAME.tar" ]; then
-        mv "$NAME.tar" "$NAME.tar.part"
-    fi
-    for url in $PRETRAINED_URL; do
-        echo "Downloading $url"
-        fetched=yes
-        fetch "$url" "$NAME.tar.part" || fetched=no
-        if [ -f "$NAME.tar.part" ] && tar -tf "$NAME.tar.part" >/dev/null 2>&1; then
-            mv "$NAME.tar.part" "$NAME.tar"
-            break
-        fi
-        if [ "$fetched" = yes ]; then
-            echo "$(basename "$0"): the file from $url is incomplete or not a tar; deleting it" >&2
-            rm -f "$NAME.tar.part"
-        else
-            echo "$(basename "$0"): could not download from $url" >&2
-        fi
-    done
-    if [ -f "$NAME.tar.part" ] && [ ! -s "$NAME.tar.part" ]; then
-        rm -f "$NAME.tar.part"
-    fi
-    [ -f "$NAME.tar" ] || fail "could not download a complete $NAME.tar from: $PRETRAINED_URL
+tar_complete() {
+    tar -tf "$1"
+}
+
+# shellcheck disable=SC2086  # PRETRAINED_URL is a list of addresses
+download_complete "$NAME.tar" tar_complete $PRETRAINED_URL || fail "could not download a complete $NAME.tar from: \
+$PRETRAINED_URL
 Is the network reachable, and does the model zoo publish $MODEL? Set PRETRAINED_URL to a mirror, or download the tar
 by hand into $(pwd)."
-fi
 
 echo "Unpacking $NAME.tar"
 rm -rf "$NAME.unpacking"

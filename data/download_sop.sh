@@ -30,35 +30,13 @@ if [ -d "$DATA_SET_DIR" ]; then
     exit 0
 fi
 
-if [ -f "$ZIP_NAME" ] && unzip -tq "$ZIP_NAME" >/dev/null 2>&1; then
-    echo "$ZIP_NAME is already there and complete: not downloading it again"
-else
-    if [ -f "$ZIP_NAME" ]; then
-        mv "$ZIP_NAME" "$ZIP_NAME.part"
-    fi
-    for url in $SOP_URL; do
-        echo "Downloading $url"
-        fetched=yes
-        fetch "$url" "$ZIP_NAME.part" || fetched=no
-        # Checked even after a failed fetch: resuming a part that was already complete can end in an error.
-        if [ -f "$ZIP_NAME.part" ] && unzip -tq "$ZIP_NAME.part" >/dev/null 2>&1; then
-            mv "$ZIP_NAME.part" "$ZIP_NAME"
-            break
-        fi
-        if [ "$fetched" = yes ]; then
-            # The server said it sent everything, yet the zip is broken: resuming it would only keep the damage.
-            echo "download_sop.sh: the file from $url is incomplete or corrupt; deleting it" >&2
-            rm -f "$ZIP_NAME.part"
-        else
-            echo "download_sop.sh: could not download from $url" >&2
-        fi
-    done
-    if [ -f "$ZIP_NAME.part" ] && [ ! -s "$ZIP_NAME.part" ]; then
-        rm -f "$ZIP_NAME.part"
-    fi
-    [ -f "$ZIP_NAME" ] || fail "could not download a complete $ZIP_NAME from: $SOP_URL
+zip_complete() {
+    unzip -tq "$1"
+}
+
+# shellcheck disable=SC2086  # SOP_URL is a list of addresses
+download_complete "$ZIP_NAME" zip_complete $SOP_URL || fail "could not download a complete $ZIP_NAME from: $SOP_URL
 Is the network reachable? Set SOP_URL to a mirror, or download the zip by hand into $(pwd)."
-fi
 
 echo "Unzipping $ZIP_NAME"
 rm -rf "$DATA_SET_DIR.unzipping"
