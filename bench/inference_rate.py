@@ -11,7 +11,6 @@ benchmark's other measurements.
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -22,6 +21,7 @@ import paddle  # noqa: E402
 
 import onednn  # noqa: E402
 import programs  # noqa: E402
+from bench import timing  # noqa: E402
 
 
 def images_per_second(config, steps):
@@ -35,11 +35,7 @@ def images_per_second(config, steps):
     def run():
         inference.run(feature_program.program, feed=feed, fetch_list=[feature_program.feature])
 
-    run()
-    start = time.perf_counter()
-    for _ in range(steps):
-        run()
-    return config["batch"] * steps / (time.perf_counter() - start)
+    return timing.images_per_second(run, config["batch"], steps)
 
 
 def main(request):

@@ -11,7 +11,9 @@ torch.inference_mode. Each configuration times `steps` steps after one untimed s
 import json
 import os
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import timing  # noqa: E402  (no Paddle: torch's OpenMP runtime must be the only one here)
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -68,11 +70,7 @@ def images_per_second(torch, config, steps):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return config["batch"] * steps / (time.perf_counter() - start)
+    return timing.images_per_second(step, config["batch"], steps)
 
 
 def main(request):

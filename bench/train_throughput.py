@@ -48,6 +48,7 @@ import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import trainer  # noqa: E402
 import training_flags  # noqa: E402
+from bench.timing import images_per_second  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
@@ -176,20 +177,11 @@ class DynamicTraining:
             paddle.enable_static()
 
 
-def rate(step, batch_size, steps, warm_up=True):
-    if warm_up:
-        step()  # untimed: the program's first lowering, caches, allocations
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return batch_size * steps / (time.perf_counter() - start)
-
-
 def end_to_end_rate(run, batch_size, steps):
     batches = run.batches()
     with contextlib.closing(batches):
         # The untimed first step waits for the new reader processes' first batch.
-        return rate(lambda: run.step(*next(batches), fetch_feature=False), batch_size, steps)
+        return images_per_second(lambda: run.step(*next(batches), fetch_feature=False), batch_size, steps)
 
 
 def batch_for(run):
@@ -234,16 +226,16 @@ class ModelSide:
                 images, labels = self.batches[loss]
                 for kernels, steps in (("oneDNN", args.steps), ("default", args.reference_steps)):
                     run = self.runs[loss, kernels]
-                    record((loss, kernels), rate(lambda: run.step(images, labels, fetch_feature=False),
+                    record((loss, kernels), images_per_second(lambda: run.step(images, labels, fetch_feature=False),
                                                  self.batch_size, steps, warm_up))
                 record((loss, "end to end"), end_to_end_rate(self.runs[loss, "oneDNN"], self.batch_size,
                                                              args.e2e_steps))
-                record((loss, "dynamic"), rate(lambda: self.dynamic[loss].step(images, labels), self.batch_size,
+                record((loss, "dynamic"), images_per_second(lambda: self.dynamic[loss].step(images, labels), self.batch_size,
                                                args.reference_steps, warm_up))
             for kind, (executor, feature_program) in self.features.items():
                 feed = {"image": self.feature_images}
                 steps = args.reference_steps if kind == "default" else args.steps
-                record(("features", kind), rate(
+                record(("features", kind), images_per_second(
                     lambda: executor.run(feature_program.program, feed=feed, fetch_list=[feature_program.feature]),
                     self.feature_batch_size, steps, warm_up))
 
