@@ -1,4 +1,4 @@
-"""oneDNN kernels for chosen ops of one static program: the fast path for CPU training and feature extraction.
+"""oneDNN on CPU: the convolutions of a training program, and Paddle Inference's predictor for feature extraction.
 
 Paddle 3.3.1's own switch, `FLAGS_use_mkldnn`, is read when the executor first lowers a program to kernels and moves
 every op that has a oneDNN kernel onto oneDNN. Forward-only programs come out right and fast; training programs do
@@ -7,15 +7,16 @@ not (measured on this suite's programs, details in the README under "Training an
 pass's workspace), `subtract_grad` and `divide_grad` return wrong gradients, `multiply`, `add` and `add_n` raise in
 some backward passes, and with the in-place pass on, an op placed after a oneDNN op can overwrite that op's output.
 
-Almost all of the time goes into convolutions, so this module moves only chosen ops of one program: `place_on_onednn`
-rewrites, say, each float32 `pd_op.conv2d` and `pd_op.conv2d_grad` into `onednn_op.conv2d` / `onednn_op.conv2d_grad`,
-the same operation with the same attributes in Paddle's oneDNN dialect. The executor then runs exactly those ops with
-oneDNN kernels and every other op (in training: batch norm, pooling, the losses, the optimizer) with the default CPU
-kernels, in that program only and with the global flag off. The network's mathematics is unchanged; results differ
-from the default kernels by float32 rounding.
+Almost all of the time goes into convolutions, so `place_on_onednn` moves only those of a training program: it
+rewrites each float32 `pd_op.conv2d` and `pd_op.conv2d_grad` into `onednn_op.conv2d` / `onednn_op.conv2d_grad`, the
+same operation with the same attributes in Paddle's oneDNN dialect. The executor then runs exactly those ops with
+oneDNN kernels and every other op (batch norm, pooling, the losses, the optimizer) with the default CPU kernels, in
+that program only and with the global flag off. The network's mathematics is unchanged; results differ from the
+default kernels by float32 rounding.
 
-Where the weights no longer change (eval.py, infer.py), `InferenceExecutor` goes further: Paddle Inference's predictor
-folds batch norm into the convolutions and fuses relu and the residual additions into them.
+Features (eval.py, infer.py and the training scripts' periodic test) go through `InferenceExecutor`: Paddle
+Inference's predictor, which folds batch norm into the convolutions and fuses relu and the residual additions into
+them, from the weights as they are when it is made.
 """
 import os
 import tempfile
@@ -26,27 +27,15 @@ from paddle import pir
 from paddle.base.libpaddle.pir import get_op_inplace_info
 
 CONV_ATTRIBUTES = ("strides", "paddings", "padding_algorithm", "dilations", "groups", "data_format")
-BATCH_NORM_ATTRIBUTES = ("is_test", "momentum", "epsilon", "data_format", "use_global_stats", "trainable_statistics")
-POOL_ATTRIBUTES = ("pooling_type", "strides", "paddings", "ceil_mode", "exclusive", "data_format", "global_pooling",
-                   "adaptive", "padding_algorithm")
-FLOAT32 = {"mkldnn_data_type": "float32", "onednn_data_type": ""}
-# op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them)
+# op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them).
+# Measured on this suite's ResNets (README): oneDNN's batch-norm gradient is slow, its batch-norm forward pass does
+# not fit Paddle's gradient, and oneDNN relu made steps slower and changed the losses; convolutions alone are fastest.
 OPS = {
-    "conv2d": (("input", "filter"), ("out",), CONV_ATTRIBUTES, dict(FLOAT32, is_test=False, force_fp32_output=False)),
+    "conv2d": (("input", "filter"), ("out",), CONV_ATTRIBUTES,
+               {"mkldnn_data_type": "float32", "onednn_data_type": "", "is_test": False, "force_fp32_output": False}),
     "conv2d_grad": (("input", "filter", "out_grad"), ("input_grad", "filter_grad"), CONV_ATTRIBUTES,
                     {"is_test": False}),
-    "batch_norm_": (("x", "mean", "variance", "scale", "bias"),
-                    ("out", "mean_out", "variance_out", "saved_mean", "saved_variance", "reserve_space"),
-                    BATCH_NORM_ATTRIBUTES, {"fuse_with_relu": False}),
-    "relu": (("x",), ("out",), (), FLOAT32),
-    "pool2d": (("x", "kernel_size"), ("out",), POOL_ATTRIBUTES, dict(FLOAT32, use_quantizer=False, is_test=False)),
-    "add": (("x", "y"), ("out",), (), dict(FLOAT32, use_quantizer=False, scale_x=1.0, scale_y=1.0, scale_out=1.0)),
 }
-# Measured on this suite's ResNets (README): in training, oneDNN's batch-norm gradient is slow, its forward pass does
-# not fit Paddle's gradient, and oneDNN relu made steps slower and changed the losses; in forward-only programs the
-# whole chain on oneDNN is about 10% faster than convolutions alone.
-TRAINING_OPS = ("conv2d", "conv2d_grad")
-FEATURE_OPS = ("conv2d", "batch_norm_", "relu", "pool2d", "add")
 
 
 def available():
@@ -58,21 +47,16 @@ def wanted(use_gpu, use_mkldnn):
     return use_mkldnn and not use_gpu and available()
 
 
-def _image_tensors_only(input_names):
-    """Only float32 NCHW images: bfloat16 (AMP) ops already run on oneDNN with other extra attributes, and the
-    losses' 1-D and 2-D ops stay on the default kernels."""
+def _float32_images_only(input_name):
+    """Only float32 NCHW images: bfloat16 (AMP) convolutions already run on oneDNN with other extra attributes."""
     def constraint(match):
-        tensors = [match.Tensor(name) for name in input_names]
-        return all(tensor.dtype == paddle.float32 and len(tensor.shape) == 4 for tensor in tensors)
+        tensor = match.Tensor(input_name)
+        return tensor.dtype == paddle.float32 and len(tensor.shape) == 4
     return constraint
 
 
 def _attribute(result, value):
-    if isinstance(value, bool):
-        return result.BoolAttr(value)
-    if isinstance(value, float):
-        return result.Float32Attr(value)
-    return result.StrAttr(value)
+    return result.BoolAttr(value) if isinstance(value, bool) else result.StrAttr(value)
 
 
 def _rewrite_pattern(op_name):
@@ -81,7 +65,7 @@ def _rewrite_pattern(op_name):
     source = context.SourcePattern()
     found = source.Op("pd_op." + op_name, {name: source.Attr(name) for name in kept_attributes})
     found([source.Tensor(name) for name in inputs], [source.Tensor(name) for name in outputs])
-    source.AddConstraint(_image_tensors_only(inputs[:2] if op_name == "add" else inputs[:1]))
+    source.AddConstraint(_float32_images_only(inputs[0]))
     result = source.ResultPattern()
     attributes = {name: source.Attr(name) for name in kept_attributes}
     attributes.update({name: _attribute(result, value) for name, value in extra_attributes.items()})
@@ -90,9 +74,8 @@ def _rewrite_pattern(op_name):
     return context
 
 
-def place_on_onednn(program, executor, op_names):
-    """Rewrites the float32 image ops of a PIR `program` named in `op_names` (`TRAINING_OPS` or `FEATURE_OPS`)
-    into oneDNN ops, in place.
+def place_on_onednn(program, executor):
+    """Rewrites the float32 convolutions of a PIR training `program` and their gradients into oneDNN ops, in place.
 
     Call it after the program is complete (backward and optimizer included) and before its first run; `executor`
     is the CPU executor that will run it. Returns the number of oneDNN ops in the program afterwards.
@@ -102,7 +85,7 @@ def place_on_onednn(program, executor, op_names):
     # and its destructor crashes there.
     executor.run(paddle.static.Program())
     passes = pir.PassManager()
-    for op_name in op_names:
+    for op_name in OPS:
         passes.register_pass("place_%s_on_onednn" % op_name, _rewrite_pattern(op_name))
     passes.run(program)
     _copy_before_in_place_updates(program)
@@ -144,14 +127,12 @@ def _copy_before_in_place_updates(program):
 
 
 class InferenceExecutor:
-    """Runs a feature program with final weights (eval.py, infer.py) through Paddle Inference's CPU predictor.
+    """Runs a feature program through Paddle Inference's CPU predictor, with the weights `executor`'s scope holds now.
 
     The predictor's oneDNN passes fold batch norm into the convolutions and fuse relu and the residual additions into
-    them, which a program that training shares its weights with cannot do: 1.1 to 1.5 times the speed of
-    `place_on_onednn(..., FEATURE_OPS)` (README). It stands in for the `paddle.static.Executor` of that one program:
-    `run(program, feed={"image": images}, fetch_list=[feature])` returns `[features]`. Once the predictor has run, the
-    executor's oneDNN kernels in the same process are slower (a ResNet18 training step by about 40%): use it in
-    processes that only extract features.
+    them: 6 to 12 times the default kernels (README). It stands in for the `paddle.static.Executor` of that one
+    program: `run(program, feed={"image": images}, fetch_list=[feature])` returns `[features]`. Training changes the
+    weights, so the training scripts make a new one for each test.
     """
 
     def __init__(self, feature_program, executor):
@@ -163,7 +144,11 @@ class InferenceExecutor:
             config = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
             config.disable_gpu()
             config.enable_mkldnn()
-            config.set_cpu_math_library_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+            # Paddle's default (a cache per input shape) also switches oneDNN's caching for the executor in this
+            # thread: a ResNet18 training step ran at 128 instead of 204 images/s after a predictor had run.
+            config.set_mkldnn_cache_capacity(0)
+            self.threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+            config.set_cpu_math_library_num_threads(self.threads)
             config.disable_glog_info()
             self.predictor = paddle.inference.create_predictor(config)
         self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
@@ -175,4 +160,8 @@ class InferenceExecutor:
             raise ValueError("an InferenceExecutor runs its feature program only: image in, feature out")
         self.input.copy_from_cpu(np.ascontiguousarray(feed["image"], dtype=np.float32))
         self.predictor.run()
+        # A run leaves this thread's CPU math library on one thread, which would halve the speed of Paddle's default
+        # kernels in the training that goes on after a test: batch norm, pooling, the losses (measured: a ResNet18
+        # step on the default kernels at 3x224x224 went from 4.8 to 3.4 images/s, and from 2 busy cores to 1.1).
+        paddle.base.core.set_num_threads(self.threads)
         return [self.output.copy_to_cpu()]

@@ -119,9 +119,9 @@ class TrainingRun:
         self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
         self.executor = paddle.static.Executor(programs.make_place(args.use_gpu))
         self.executor.run(self.train_program.startup)
-        if onednn.wanted(args.use_gpu, args.use_mkldnn):
-            onednn.place_on_onednn(self.train_program.program, self.executor, onednn.TRAINING_OPS)
-            onednn.place_on_onednn(self.feature_program.program, self.executor, onednn.FEATURE_OPS)
+        self.use_onednn = onednn.wanted(args.use_gpu, args.use_mkldnn)
+        if self.use_onednn:
+            onednn.place_on_onednn(self.train_program.program, self.executor)
         self.stop_vote = distributed.StopVote(self.executor) if self.world_size > 1 else None
         if self.world_size > 1:
             self.log("data parallel over %d processes, %d images each per batch"
@@ -175,7 +175,10 @@ class TrainingRun:
 
     def test(self):
         """Tests Recall@1 on the test split (first process only); with --save_best keeps the best one's weights."""
-        num_images, recall = test_recall(self.executor, self.feature_program, self.args)
+        # On CPU a predictor made from this iteration's weights: it takes a second or two to make, and extracts
+        # features 1.1 to 1.5 times as fast as the feature program with its own image ops on oneDNN did (README).
+        executor = onednn.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn else self.executor
+        num_images, recall = test_recall(executor, self.feature_program, self.args)
         log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
         self.scalars.add(self.iteration, {"test/recall@1": recall})
         if self.args.save_best and (self.best_recall is None or recall > self.best_recall):

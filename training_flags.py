@@ -38,8 +38,9 @@ def add_training_arguments(parser, defaults):
     add("loss_name", str, "Loss to optimise: %s." % ", ".join(defaults["loss_choices"]))
     add_arguments("use_gpu", bool, utility.cuda_is_compiled(), "Whether to use GPU (default: whether this Paddle "
                   "was built with CUDA).", parser)
-    add_arguments("use_mkldnn", bool, True, "On CPU, run the convolutions of training and of the periodic test "
-                  "with oneDNN (several times faster, same losses up to float32 rounding); ignored on GPU.", parser)
+    add_arguments("use_mkldnn", bool, True, "On CPU, run training's convolutions with oneDNN and the periodic "
+                  "test through Paddle Inference with oneDNN (several times faster, same results up to float32 "
+                  "rounding); ignored on GPU.", parser)
     add_arguments("use_amp", bool, False, "Automatic mixed precision (Paddle's static AMP, O1): the network in "
                   "--amp_dtype, the loss in float32.", parser)
     add_arguments("amp_dtype", str, "float16", "float16 (GPU, with dynamic loss scaling) or bfloat16 (GPU or CPU).",

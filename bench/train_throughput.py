@@ -16,10 +16,9 @@ default CPU kernels), are timed:
   * dynamic: the same models/ and losses/ code run eagerly, with the same Momentum optimizer;
   * PyTorch, when installed (pip install torch==2.13.0, an optional extra): the same ResNet layout with a softmax head,
     in a process of its own (bench/torch_reference.py).
-Feature extraction runs the feature program (programs.build_feature_program) as eval.py and infer.py do (Paddle
-Inference's predictor, onednn.InferenceExecutor, in a process of its own: bench/inference_rate.py), as the training
-scripts' test pass does (image ops on oneDNN) and on the default kernels, and PyTorch's eval. A measurement times --steps steps (end to end: --e2e_steps; the slow
-references: --reference_steps), after an untimed step in the first round and end to end always; all configurations
+Feature extraction runs the feature program (programs.build_feature_program) as eval.py, infer.py and the training
+scripts' test pass do (Paddle Inference's predictor, onednn.InferenceExecutor) and on the default kernels, against
+PyTorch's eval. A measurement times --steps steps (end to end: --e2e_steps; the slow references: --reference_steps), after an untimed step in the first round and end to end always; all configurations
 take turns inside each of --rounds rounds, so that the machine's other load spreads over all of them. The tables show
 the median over rounds and ratios of those medians.
 """
@@ -52,7 +51,6 @@ from bench.timing import images_per_second  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
-INFERENCE_SCRIPT = os.path.join(ROOT, "bench", "inference_rate.py")
 SCRIPTS = {"arcmargin": train_elem, "softmax": train_elem, "eml": train_pair, "quadruplet": train_pair,
            "npairs": train_pair, "multisimilarity": train_pair}
 QUICK = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--feature_batch_sizes=4", "--steps=1",
@@ -204,18 +202,18 @@ class ModelSide:
                          for loss in args.losses for kernels in ("oneDNN", "default")}
             self.dynamic = {loss: DynamicTraining(self.runs[loss, "default"]) for loss in args.losses}
             self.batches = {loss: batch_for(self.runs[loss, "default"]) for loss in args.losses}
-            self.features = {kind: self._feature_runner(kind) for kind in ("oneDNN", "default")}
+            self.features = {kind: self._feature_runner(kind) for kind in ("predictor", "default")}
         self.feature_images = np.random.default_rng(0).standard_normal(
             (feature_batch_size, 3, side, side)).astype("float32")
 
     def _feature_runner(self, kind):
-        """(executor, feature program) as the training scripts' test pass runs it ("oneDNN") or on the default
-        kernels; eval.py's and infer.py's way is timed in a process of its own (bench/inference_rate.py)."""
+        """(executor, feature program) as the scripts extract features on CPU ("predictor") or on the default
+        kernels."""
         feature_program = programs.build_feature_program(self.model, 0, (3, self.side, self.side))
         executor = paddle.static.Executor(paddle.CPUPlace())
         executor.run(feature_program.startup)
-        if kind == "oneDNN":
-            onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS)
+        if kind == "predictor":
+            executor = onednn.InferenceExecutor(feature_program, executor)
         return executor, feature_program
 
     def measure(self, args, warm_up):
@@ -239,10 +237,6 @@ class ModelSide:
                     lambda: executor.run(feature_program.program, feed=feed, fetch_list=[feature_program.feature]),
                     self.feature_batch_size, steps, warm_up))
 
-    def inference_config(self):
-        return dict(key="%s %d" % (self.model, self.side), model=self.model, side=self.side,
-                    batch=self.feature_batch_size)
-
     def torch_configs(self, classes):
         if not self.model.startswith("ResNet"):
             return []  # the PyTorch reference has the ResNet layout only
@@ -255,18 +249,14 @@ class ModelSide:
         return statistics.median(self.results[key])
 
 
-def in_own_process(script, configs, steps):
-    """Runs one round of a measuring script's configurations in a new process; returns {key: images per second}."""
-    completed = subprocess.run([sys.executable, script, json.dumps({"steps": steps, "configs": configs})],
+def torch_round(configs, steps):
+    """One round of PyTorch measurements in a process of its own (torch brings its own OpenMP runtime); {} with a
+    note on stderr if torch is missing."""
+    completed = subprocess.run([sys.executable, TORCH_SCRIPT, json.dumps({"steps": steps, "configs": configs})],
                                capture_output=True, text=True)
     if completed.returncode != 0:
-        raise RuntimeError("%s failed:\n%s" % (os.path.relpath(script, ROOT), completed.stderr[-2000:]))
-    return json.loads(completed.stdout.strip().splitlines()[-1])
-
-
-def torch_round(configs, steps):
-    """One round of PyTorch measurements; {} with a note on stderr if torch is missing."""
-    rates = in_own_process(TORCH_SCRIPT, configs, steps)
+        raise RuntimeError("bench/torch_reference.py failed:\n" + completed.stderr[-2000:])
+    rates = json.loads(completed.stdout.strip().splitlines()[-1])
     if "error" in rates:
         print("PyTorch reference skipped: %s" % rates["error"], file=sys.stderr)
         return {}
@@ -296,18 +286,17 @@ def print_tables(groups, torch_rates):
                   % (group.model, group.side, group.side, group.batch_size, loss, cell(fast), cell(e2e),
                      cell(ratio(e2e, fast), 2), cell(default), cell(ratio(fast, default), 1), cell(dynamic),
                      cell(ratio(fast, dynamic), 1), cell(torch_train), cell(ratio(fast, torch_train), 2)))
-    print("\nFeature extraction, images/s (median of rounds): eval.py and infer.py (Paddle Inference), the training "
-          "scripts' test pass (oneDNN ops), default kernels\n")
-    print("| model | input | batch | eval, infer | test pass | default kernels | eval / default | PyTorch eval "
-          "| eval / PyTorch |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("\nFeature extraction, images/s (median of rounds): eval.py, infer.py and the training scripts' test "
+          "(Paddle Inference with oneDNN), against Paddle's default kernels\n")
+    print("| model | input | batch | oneDNN predictor | default kernels | oneDNN / default | PyTorch eval "
+          "| Paddle / PyTorch |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for group in groups:
-        fast, test_pass = group.median(("features", "inference")), group.median(("features", "oneDNN"))
-        default = group.median(("features", "default"))
+        fast, default = group.median(("features", "predictor")), group.median(("features", "default"))
         torch_eval = torch_median("%s %d eval" % (group.model, group.side))
-        print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s | %s |"
-              % (group.model, group.side, group.side, group.feature_batch_size, cell(fast), cell(test_pass),
-                 cell(default), cell(ratio(fast, default), 1), cell(torch_eval), cell(ratio(fast, torch_eval), 2)))
+        print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s |"
+              % (group.model, group.side, group.side, group.feature_batch_size, cell(fast), cell(default),
+                 cell(ratio(fast, default), 1), cell(torch_eval), cell(ratio(fast, torch_eval), 2)))
     sys.stdout.flush()
 
 
@@ -326,11 +315,6 @@ def main(argv=None):
     for round_index in range(args.rounds):
         for group in groups:
             group.measure(args, warm_up=round_index == 0)
-        inference_rates = in_own_process(INFERENCE_SCRIPT, [group.inference_config() for group in groups],
-                                         args.steps)
-        for group in groups:
-            group.results.setdefault(("features", "inference"), []).append(
-                inference_rates[group.inference_config()["key"]])
         if args.torch:
             for key, value in torch_round(torch_configs, args.steps).items():
                 torch_rates.setdefault(key, []).append(value)

@@ -16,8 +16,8 @@ def test_quick_run_prints_a_row_per_loss_and_a_feature_row(tmp_path, capsys):
         assert min(fast, e2e, default, dynamic) > 0
         assert ratio == pytest.approx(e2e / fast, abs=0.01) and speedup == pytest.approx(fast / default, abs=0.1)
         assert row[11:] == ["-", "-"]  # no PyTorch asked for
-    (features,) = table_rows(output, 9, "model")
-    assert features[:3] == ["ResNet18", "3x32x32", "4"] and min(float(value) for value in features[3:7]) > 0
+    (features,) = table_rows(output, 8, "model")
+    assert features[:3] == ["ResNet18", "3x32x32", "4"] and min(float(value) for value in features[3:6]) > 0
 
 
 def test_sides_and_batch_sizes_must_pair_up(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""onednn.py: convolutions placed on oneDNN compute what Paddle's default CPU kernels compute, up to float32 rounding.
+"""onednn.py: training convolutions on oneDNN and Paddle Inference's predictor compute what Paddle's default CPU
+kernels compute, up to float32 rounding.
 
 The copy that keeps an in-place update of a oneDNN result visible (all-reduced data-parallel gradients) is exercised by
 tests/test_distributed.py, whose two processes must take exactly the one-process step.
@@ -17,45 +18,11 @@ import train_elem
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this Paddle was built without oneDNN")
 SHAPE = (3, 32, 32)
 RESNET18_CONVOLUTIONS = 20  # stem, 16 in the blocks, 3 projection shortcuts
-# Per convolution a batch norm; 17 relus, max and average pooling, 8 residual additions.
-RESNET18_FEATURE_OPS = 2 * RESNET18_CONVOLUTIONS + 17 + 2 + 8
 SE_RESNEXT50_CONVOLUTIONS = 53  # stem, 16 blocks of three (the middle one grouped), 4 projection shortcuts
 
 
 def images(batch_size, seed=0):
     return np.random.default_rng(seed).standard_normal((batch_size,) + SHAPE).astype("float32")
-
-
-def op_names(program):
-    return [op.name() for op in program.global_block().ops]
-
-
-def features(use_onednn):
-    paddle.enable_static()
-    paddle.seed(3)
-    with paddle.static.scope_guard(paddle.static.Scope()):
-        feature_program = programs.build_feature_program("ResNet18", 8, SHAPE)
-        executor = paddle.static.Executor(paddle.CPUPlace())
-        executor.run(feature_program.startup)
-        before = op_names(feature_program.program)
-        placed = onednn.place_on_onednn(feature_program.program, executor, onednn.FEATURE_OPS) if use_onednn else 0
-        after = op_names(feature_program.program)
-        (result,) = executor.run(feature_program.program, feed={"image": images(4)},
-                                 fetch_list=[feature_program.feature])
-    return result, placed, before, after
-
-
-def test_features_with_onednn_equal_the_default_ones():
-    default, _, _, _ = features(use_onednn=False)
-    fast, placed, before, after = features(use_onednn=True)
-    assert placed == RESNET18_FEATURE_OPS
-    # The embedding layer's 2-d bias addition stays on Paddle's kernels, as everything outside the image ops does.
-    moved = [name for name in before if name[len("pd_op."):] in onednn.FEATURE_OPS]
-    assert len(moved) == RESNET18_FEATURE_OPS + 1 and after.count("pd_op.add") == 1
-    assert len(after) == len(before)
-    scale = np.abs(default).max()
-    assert scale > 1.0
-    np.testing.assert_allclose(fast, default, rtol=1e-4, atol=1e-5 * scale)
 
 
 def train(loss, use_onednn, steps, model="ResNet18"):
@@ -68,7 +35,7 @@ def train(loss, use_onednn, steps, model="ResNet18"):
         executor = paddle.static.Executor(paddle.CPUPlace())
         executor.run(train_program.startup)
         if use_onednn:
-            placed = onednn.place_on_onednn(train_program.program, executor, onednn.TRAINING_OPS)
+            placed = onednn.place_on_onednn(train_program.program, executor)
             assert placed == 2 * (RESNET18_CONVOLUTIONS if model == "ResNet18" else SE_RESNEXT50_CONVOLUTIONS)
         labels = np.repeat(np.arange(4), 2).reshape(-1, 1)
         values, first_velocities = [], None
@@ -127,6 +94,29 @@ def test_eval_and_infer_get_paddle_inference_with_the_same_features(model):
         args.use_mkldnn = False
         plain, _ = programs.load_feature_program(args, log=lambda message: None)
         assert isinstance(plain, paddle.static.Executor)
+
+
+def test_a_predictor_made_during_training_extracts_with_the_current_weights():
+    """As the training scripts' periodic test does: a new predictor after some steps sees the weights as they are."""
+    paddle.enable_static()
+    paddle.seed(4)
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        train_program = programs.build_train_program("ResNet18", 8, SHAPE, losses.ArcMarginLoss(class_dim=4), 0.05,
+                                                     seed=4)
+        feature_program = programs.build_feature_program("ResNet18", 8, SHAPE)
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(train_program.startup)
+        onednn.place_on_onednn(train_program.program, executor)
+        feed, fetch = {"image": images(6, seed=9)}, [feature_program.feature]
+        extracted = []
+        for step in range(2):
+            executor.run(train_program.program, feed={"image": images(8, seed=step),
+                                                      "label": np.repeat(np.arange(4), 2).reshape(-1, 1)})
+            (expected,) = executor.run(feature_program.program, feed=feed, fetch_list=fetch)
+            (result,) = onednn.InferenceExecutor(feature_program, executor).run(feature_program.program, feed, fetch)
+            np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+            extracted.append(result)
+        assert np.abs(extracted[1] - extracted[0]).max() > 1e-3 * np.abs(extracted[0]).max()  # the step moved them
 
 
 def test_the_flag_is_on_by_default_where_the_network_runs():
