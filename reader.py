@@ -183,7 +183,8 @@ class TripletSampler:
 
 
 class ClassBalancedSampler:
-    """quadruplet/eml/npairs/multisimilarity: each batch is `batch_size / samples_each_class` distinct classes × that many images.
+    """quadruplet/eml/npairs/multisimilarity: each batch is `batch_size / samples_each_class` distinct classes × that
+    many images.
 
     Classes are visited in a fresh random order each epoch, the tail that does not fill a batch dropped.
     """

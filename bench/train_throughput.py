@@ -18,9 +18,10 @@ default CPU kernels), are timed:
     in a process of its own (bench/torch_reference.py).
 Feature extraction runs the feature program (programs.build_feature_program) as eval.py, infer.py and the training
 scripts' test pass do (Paddle Inference's predictor, onednn.InferenceExecutor) and on the default kernels, against
-PyTorch's eval. A measurement times --steps steps (end to end: --e2e_steps; the slow references: --reference_steps), after an untimed step in the first round and end to end always; all configurations
-take turns inside each of --rounds rounds, so that the machine's other load spreads over all of them. The tables show
-the median over rounds and ratios of those medians.
+PyTorch's eval. A measurement times --steps steps (end to end: --e2e_steps; the slow references: --reference_steps),
+after an untimed step in the first round and end to end always; all configurations take turns inside each of --rounds
+rounds, so that the machine's other load spreads over all of them. The tables show the median over rounds and ratios
+of those medians.
 """
 import argparse
 import contextlib
@@ -225,11 +226,11 @@ class ModelSide:
                 for kernels, steps in (("oneDNN", args.steps), ("default", args.reference_steps)):
                     run = self.runs[loss, kernels]
                     record((loss, kernels), images_per_second(lambda: run.step(images, labels, fetch_feature=False),
-                                                 self.batch_size, steps, warm_up))
+                                                              self.batch_size, steps, warm_up))
                 record((loss, "end to end"), end_to_end_rate(self.runs[loss, "oneDNN"], self.batch_size,
                                                              args.e2e_steps))
-                record((loss, "dynamic"), images_per_second(lambda: self.dynamic[loss].step(images, labels), self.batch_size,
-                                               args.reference_steps, warm_up))
+                record((loss, "dynamic"), images_per_second(lambda: self.dynamic[loss].step(images, labels),
+                                                            self.batch_size, args.reference_steps, warm_up))
             for kind, (executor, feature_program) in self.features.items():
                 feed = {"image": self.feature_images}
                 steps = args.reference_steps if kind == "default" else args.steps

@@ -31,7 +31,8 @@ def convert(data_dir):
     labels_path = os.path.join(data_dir, "image_class_labels.txt")
     labels = {}
     for line_number, (image_id, class_id) in read_table(labels_path, 2):
-        image_id, class_id = parse_int(labels_path, line_number, image_id), parse_int(labels_path, line_number, class_id)
+        image_id = parse_int(labels_path, line_number, image_id)
+        class_id = parse_int(labels_path, line_number, class_id)
         if image_id not in images:
             raise DatasetError("%s:%d: image_id %d is not in %s" % (labels_path, line_number, image_id, images_path))
         if class_id not in known_classes:

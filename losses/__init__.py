@@ -21,5 +21,6 @@ ELEM_LOSSES = ("softmax", "arcmargin")  # per-image losses with a classifier hea
 # Losses on relations inside a batch: train_pair. The first four are the original's.
 PAIR_LOSSES = ("triplet", "quadruplet", "eml", "npairs", "multisimilarity")
 
-__all__ = ["SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss", "MultiSimilarityLoss", "LOSSES",
-           "ELEM_LOSSES", "PAIR_LOSSES", "check_labels", "check_class_balanced_batch", "check_triplet_batch"]
+__all__ = ["SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss",
+           "MultiSimilarityLoss", "LOSSES", "ELEM_LOSSES", "PAIR_LOSSES", "check_labels", "check_class_balanced_batch",
+           "check_triplet_batch"]

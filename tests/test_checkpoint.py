@@ -168,7 +168,8 @@ def test_pretrained_download_failures_are_clear(tmp_path):
         (tmp_path / "notes.txt").write_text("not weights")
         wrong.add(str(tmp_path / "notes.txt"), "notes.txt")
     misnamed = run_download(["ResNet18"], tmp_path / "pretrained", "file://%s" % (tmp_path / "other.tar"))
-    assert misnamed.returncode == 1 and "ResNet18_pretrained.tar holds no ResNet18_pretrained/ folder" in misnamed.stderr
+    assert misnamed.returncode == 1
+    assert "ResNet18_pretrained.tar holds no ResNet18_pretrained/ folder" in misnamed.stderr
     usage = run_download([], tmp_path / "pretrained", "unused")
     assert usage.returncode == 2 and "usage: sh download_pretrained.sh MODEL" in usage.stderr
 

@@ -610,8 +610,8 @@ TRAINING = {
     "quadruplet": (lambda: losses.QuadrupletLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.1),
     "eml": (lambda: losses.EmlLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.02),
     "npairs": (lambda: losses.NpairsLoss(12, 2), lambda rng: rng.permutation(NUM_CLASSES).repeat(2), 0.01),
-    "multisimilarity": (lambda: losses.MultiSimilarityLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3),
-                        0.05),
+    "multisimilarity": (lambda: losses.MultiSimilarityLoss(12, 3),
+                        lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.05),
 }
 
 

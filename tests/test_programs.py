@@ -53,5 +53,5 @@ def test_a_restored_schedule_continues_where_it_stopped():
 
 
 def test_unknown_strategy():
-    with pytest.raises(ValueError, match="unknown learning-rate strategy 'linear', not one of piecewise_decay, cosine_decay"):
+    with pytest.raises(ValueError, match="strategy 'linear', not one of piecewise_decay, cosine_decay"):
         programs.make_lr_scheduler(0.1, [], "linear")

@@ -266,7 +266,8 @@ def test_infer_batches_yield_paths(sop_root):
 
 @pytest.mark.parametrize("loss_name", ["softmax", "triplet", "quadruplet"])
 def test_train_batches_labels_match_the_pixels(sop_root, loss_name):
-    stream = reader.train_batches(reader.read_train_list(sop_root), loss_name, batch_size=6, image_shape=(3, 16, 16), num_workers=2,
+    stream = reader.train_batches(reader.read_train_list(sop_root), loss_name,
+                                  batch_size=6, image_shape=(3, 16, 16), num_workers=2,
                                   crop_scale_min=1.0, random_flip=False)
     for _, (images, labels) in zip(range(4), stream):
         assert labels.shape == (6, 1) and labels.dtype == np.int64
@@ -282,7 +283,8 @@ def take(stream, count):
 
 def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
     def stream(num_workers, start_batch=0):
-        return reader.train_batches(reader.read_train_list(sop_root), "eml", batch_size=4, image_shape=(3, 16, 16), num_workers=num_workers,
+        return reader.train_batches(reader.read_train_list(sop_root), "eml",
+                                    batch_size=4, image_shape=(3, 16, 16), num_workers=num_workers,
                                     seed=7, start_batch=start_batch, rotate=True)
     inline = take(stream(0), 5)
     parallel = take(stream(2), 5)
@@ -296,7 +298,8 @@ def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
 
 def test_ranks_split_each_global_batch(sop_root):
     def labels_of(rank, world_size):
-        stream = reader.train_batches(reader.read_train_list(sop_root), "npairs", batch_size=8, image_shape=(3, 8, 8), num_workers=0,
+        stream = reader.train_batches(reader.read_train_list(sop_root), "npairs",
+                                      batch_size=8, image_shape=(3, 8, 8), num_workers=0,
                                       rank=rank, world_size=world_size)
         return np.concatenate([labels for _, labels in take(stream, 3)]).ravel()
 
@@ -311,14 +314,16 @@ def test_bad_training_images_are_replaced_then_fatal(sop_root, capsys):
     os.remove(os.path.join(sop_root, "mug_final/train_1_0.JPG"))
     with open(os.path.join(sop_root, "mug_final/train_2_0.JPG"), "wb") as broken:
         broken.write(b"\xff\xd8\xff\xe0 not really a jpeg")
-    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax", batch_size=40, image_shape=(3, 8, 8), num_workers=1,
+    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax",
+                                  batch_size=40, image_shape=(3, 8, 8), num_workers=1,
                                   crop_scale_min=1.0, random_flip=False)
     images, labels = next(stream)
     stream.close()
     assert decoded_class(images).tolist() == (labels.ravel() + 1).tolist()  # replaced within the class
     warnings = capsys.readouterr().err
     assert "train_1_0.JPG" in warnings and "train_2_0.JPG" in warnings
-    strict = reader.train_batches(reader.read_train_list(sop_root), "softmax", batch_size=40, image_shape=(3, 8, 8), num_workers=1,
+    strict = reader.train_batches(reader.read_train_list(sop_root), "softmax",
+                                  batch_size=40, image_shape=(3, 8, 8), num_workers=1,
                                   max_bad_images=1)
     with pytest.raises(reader.TooManyBadImagesError, match="--max_bad_images=1"):
         next(strict)
@@ -406,7 +411,8 @@ def sleepy_work(task, out):
 
 
 def test_closing_the_stream_early_leaves_no_workers(sop_root):
-    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax", batch_size=4, image_shape=(3, 8, 8), num_workers=2)
+    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax",
+                                  batch_size=4, image_shape=(3, 8, 8), num_workers=2)
     next(stream)
     assert len(multiprocessing.active_children()) == 2
     stream.close()
