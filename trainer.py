@@ -84,10 +84,11 @@ class DisplayWindow:
 
 
 def test_recall(executor, feature_program, args):
-    num_images = len(reader.read_image_list(os.path.join(args.data_dir, reader.TEST_LIST), args.data_dir).paths)
+    num_images = len(reader.read_image_list(os.path.join(args.data_dir, args.test_list), args.data_dir).paths)
     features, labels = programs.extract_features(
         executor, feature_program,
-        reader.eval_batches(args.data_dir, args.test_batch_size, args.image_shape, args.num_workers),
+        reader.eval_batches(args.data_dir, args.test_batch_size, args.image_shape, args.num_workers,
+                            list_name=args.test_list),
         num_images, "test")
     return len(features), utility.recall_topk(features, labels.ravel(), k=1)
 
@@ -104,6 +105,8 @@ class TrainingRun:
         paddle.enable_static()
         paddle.seed(args.seed)
         self.train_list = reader.read_train_list(args.data_dir)
+        if self.rank == 0:  # a bad --test_list stops the run now, not at its first test hours later
+            reader.read_image_list(os.path.join(args.data_dir, args.test_list), args.data_dir)
         self.elementwise = args.loss_name in reader.ELEMENT_LOSSES
         if self.elementwise:
             try:

@@ -9,6 +9,7 @@ import checkpoint
 import distributed
 import models
 import programs
+import reader
 from utility import add_arguments, flag_error
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
@@ -53,6 +54,10 @@ def add_training_arguments(parser, defaults):
     add_arguments("save_best", bool, True, "Also keep the checkpoint of the best test Recall@1 so far in "
                   "model_save_dir/<model>/best/.", parser)
     add_arguments("data_dir", str, DEFAULT_DATA_DIR, "Data root holding Ebay_train.txt and Ebay_test.txt.", parser)
+    add_arguments("test_list", str, reader.TEST_LIST, "List file the periodic test scores (in --data_dir, or an "
+                  "absolute path; its image paths are relative to --data_dir): the test split, or a validation list "
+                  "of classes held out of training, so that best/ is chosen without looking at the test split.",
+                  parser)
     add_arguments("seed", int, 0, "Random seed of initialisation, sampling and augmentation.", parser)
     add_arguments("num_workers", int, 2, "Image decoding processes (0: decode in the main process).", parser)
     add_arguments("crop_scale_min", float, 0.08, "Smallest area fraction of the random-resized crop.", parser)

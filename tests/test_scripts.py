@@ -119,6 +119,20 @@ def test_the_best_test_recall_keeps_its_checkpoint_and_eval_scores_it_the_same(t
     assert "saved best" not in capsys.readouterr().out and not os.path.exists(tmp_path / "none" / "ResNet18" / "best")
 
 
+def test_the_periodic_test_scores_the_test_list_it_is_given(toy_root, tmp_path, capsys):
+    lines = open(os.path.join(toy_root, reader.TEST_LIST)).read().splitlines()
+    validation = tmp_path / "validation.txt"  # paths inside the list stay relative to --data_dir
+    validation.write_text("\n".join(lines[:11]) + "\n")
+    train_elem.main(train_flags(toy_root, tmp_path, "softmax", 1, class_dim=12, test_iter_step=1, num_workers=0,
+                                test_list=validation))
+    assert "test_img_num 10, trainbatch 1," in capsys.readouterr().out
+    code, _, err = script_tools.run_main(train_elem, train_flags(toy_root, tmp_path / "missing", "softmax", 1,
+                                                                 class_dim=12, test_list="Ebay_val.txt"), capsys)
+    assert code == 1 and script_tools.error_line(err).startswith("error: %s: cannot read the list file"
+                                                                 % os.path.join(toy_root, "Ebay_val.txt"))
+    assert not os.path.exists(tmp_path / "missing" / "ResNet18" / "1")  # stopped before training
+
+
 def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsys):
     train_elem.main(train_flags(toy_root, tmp_path / "elem", "arcmargin", 1, class_dim=12, embedding_size=16))
     capsys.readouterr()
