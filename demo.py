@@ -11,11 +11,11 @@ import subprocess
 import sys
 import time
 
-import utility  # first: sets the CPU thread count before paddle is imported
 import numpy as np
 
-import metrics
 import reader
+import utility
+from core import metrics
 from data.make_toy_sop import make_toy_sop
 from utility import add_arguments, log
 
@@ -43,7 +43,8 @@ def run_script(script, *flags):
 
 def raw_pixel_results(args):
     shape = utility.parse_image_shape(args.image_shape)
-    images, labels = zip(*reader.eval_batches(args.data_dir, 256, shape, num_workers=2))
+    images, labels = zip(*reader.eval_batches(reader.read_list(args.data_dir, reader.TEST_LIST), 256, shape,
+                                              num_workers=2))
     pixels = np.concatenate(images).reshape(sum(len(batch) for batch in images), -1)
     return metrics.retrieval_metrics(pixels, np.concatenate(labels).ravel(), recall_ks=(1, 10))
 

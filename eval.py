@@ -9,30 +9,15 @@ import argparse
 import json
 import os
 
-import utility  # first: sets the CPU thread count before paddle is imported
-import checkpoint
-import metrics
-import programs
 import reader
-import visualize
-from utility import add_arguments, log
+import utility
+from core import checkpoint, flags, metrics, programs, visualize
+from utility import log
 
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    programs.add_feature_arguments(parser, batch_size_default=10)
-    add_arguments("recall_k", utility.parse_int_list, [1, 10, 100, 1000], "The K of Recall@K to report.", parser)
-    add_arguments("eval_memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Memory budget of one block of the "
-                  "similarity matrix.", parser)
-    add_arguments("save_results", str, None, "Also write the metrics to this JSON file.", parser)
-    add_arguments("query_list", str, None, "List file (in --data_dir) of queries that search --gallery_list "
-                  "instead of all test images searching each other, e.g. Ebay_query.txt of In-Shop.", parser)
-    add_arguments("gallery_list", str, None, "List file (in --data_dir) of the gallery --query_list searches, "
-                  "e.g. Ebay_gallery.txt of In-Shop.", parser)
-    add_arguments("save_vis", str, None, "Directory to draw into: PNG grids of queries with their top results "
-                  "(green: same class, red: other), and the Recall@K curve.", parser)
-    add_arguments("vis_queries", int, 20, "Queries in the --save_vis grids, spread over the query list.", parser)
-    add_arguments("vis_top_k", int, 8, "Results per query in the --save_vis grids.", parser)
+    parser.add_flags(flags.NETWORK + (flags.BATCH_SIZE,) + flags.EVALUATION, batch_size=10)
     return parser
 
 
@@ -43,13 +28,8 @@ def format_table(results, recall_ks):
     return "\n".join(rows)
 
 
-def read_list(args, list_name):
-    return reader.read_image_list(os.path.join(args.data_dir, list_name), args.data_dir)
-
-
 def list_features(args, executor, feature_program, image_list, description):
-    batches = reader.eval_batches(args.data_dir, args.batch_size, args.image_shape, args.num_workers,
-                                  list_name=os.path.abspath(image_list.list_path))
+    batches = reader.eval_batches(image_list, args.batch_size, args.image_shape, args.num_workers)
     features, _ = programs.extract_features(executor, feature_program, batches, len(image_list.paths), description)
     return features
 
@@ -66,22 +46,11 @@ def save_pictures(args, query_list, query_features, gallery_list, gallery_featur
 @utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    programs.check_feature_arguments(args)
-    if not args.recall_k or min(args.recall_k) < 1:
-        utility.flag_error("recall_k", "needs positive integers, got %s" % args.recall_k)
-    if args.eval_memory_mb <= 0:
-        utility.flag_error("eval_memory_mb", "must be positive")
-    if bool(args.query_list) != bool(args.gallery_list):
-        utility.flag_error("query_list" if args.query_list else "gallery_list",
-                           "give --query_list and --gallery_list together")
-    for name in ("vis_queries", "vis_top_k"):
-        if getattr(args, name) <= 0:
-            utility.flag_error(name, "must be positive, got %d" % getattr(args, name))
+    flags.check_query_gallery(args)
     utility.print_arguments(args)
-    utility.check_cuda(args.use_gpu)
-    query_list = read_list(args, args.query_list or reader.TEST_LIST)
-    gallery_list = read_list(args, args.gallery_list) if args.gallery_list else None
-    executor, feature_program = programs.load_feature_program(args, log)
+    query_list = reader.read_list(args.data_dir, args.query_list or reader.TEST_LIST)
+    gallery_list = reader.read_list(args.data_dir, args.gallery_list) if args.gallery_list else None
+    executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
     query_features = list_features(args, executor, feature_program, query_list, "queries" if gallery_list else "test")
     gallery_features = gallery_labels = None
     num_candidates = len(query_list.paths) - 1

@@ -8,31 +8,31 @@ import argparse
 import os
 import shutil
 
-import utility  # first: sets the CPU thread count before paddle is imported
 import paddle
 
-import checkpoint
-import programs
-from utility import add_arguments, log
+import utility
+from core import checkpoint, flags, programs
+from utility import log
 
 EXPORT_PREFIX = "inference"
 
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    programs.add_feature_arguments(parser, batch_size_default=1, runs_network=False)
-    add_arguments("model_save_dir", str, "inference_model", "Directory to write the exported model to.", parser)
+    # No --use_mkldnn: the export holds Paddle's standard ops, which Paddle Inference runs with oneDNN on a CPU.
+    # --batch_size is accepted, as eval.py's and infer.py's, though an export takes batches of any size.
+    network = tuple(flag for flag in flags.NETWORK if flag is not flags.USE_MKLDNN)
+    parser.add_flags(network + (flags.BATCH_SIZE, flags.MODEL_SAVE_DIR), batch_size=1,
+                     model_save_dir="inference_model")
     return parser
 
 
 @utility.exit_on(checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    programs.check_feature_arguments(args)
     if not args.pretrained_model:
         utility.flag_error("pretrained_model", "is required: the weights to export")
     utility.print_arguments(args)
-    utility.check_cuda(args.use_gpu)
     executor, feature_program = programs.load_feature_program(args, log)
     target = os.path.abspath(args.model_save_dir)
     staging = target + ".saving-%d" % os.getpid()

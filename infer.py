@@ -1,4 +1,4 @@
-"""Extracts the feature of every test-list image with a trained model.
+r"""Extracts the feature of every test-list image with a trained model.
 
     python infer.py --model=ResNet50 --batch_size=1 --pretrained_model=output/ResNet50/30000 \
         --save_features=features.npy
@@ -8,20 +8,17 @@ import contextlib
 import os
 import sys
 
-import utility  # first: sets the CPU thread count before paddle is imported
 import numpy as np
 
-import checkpoint
-import programs
 import reader
-from utility import add_arguments, log
+import utility
+from core import checkpoint, flags, programs
+from utility import log
 
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    programs.add_feature_arguments(parser, batch_size_default=1)
-    add_arguments("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
-                  "same order to PATH.paths.txt (PATH without .npy).", parser)
+    parser.add_flags(flags.NETWORK + (flags.BATCH_SIZE, flags.SAVE_FEATURES), batch_size=1)
     return parser
 
 
@@ -43,16 +40,12 @@ def save_features(path, features, image_paths):
 @utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
-    programs.check_feature_arguments(args)
-    if args.save_features and not args.save_features.endswith(".npy"):
-        utility.flag_error("save_features", "must end in .npy, got %s" % args.save_features)
     utility.print_arguments(args)
-    utility.check_cuda(args.use_gpu)
-    executor, feature_program = programs.load_feature_program(args, log)
+    image_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+    executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
     features, image_paths = [], []
-    num_images = len(reader.read_image_list(os.path.join(args.data_dir, reader.TEST_LIST), args.data_dir).paths)
-    batches = reader.infer_batches(args.data_dir, args.batch_size, args.image_shape, args.num_workers)
-    with contextlib.closing(batches), utility.progress_bar(num_images, "infer") as bar:
+    batches = reader.infer_batches(image_list, args.batch_size, args.image_shape, args.num_workers)
+    with contextlib.closing(batches), utility.progress_bar(len(image_list.paths), "infer") as bar:
         for batch_id, (images, batch_paths) in enumerate(batches):
             (batch_features,) = executor.run(feature_program.program, feed={"image": images},
                                              fetch_list=[feature_program.feature])

@@ -4,10 +4,10 @@ List files (`Ebay_train.txt`, `Ebay_test.txt`) start with the header `image_id c
 hold one image per line, the path relative to the data root. Training labels are `class_id - 1`, as the original;
 test and infer keep `class_id`, which only has to tell classes apart.
 
-Sampling, by loss:
-- softmax, arcmargin: a shuffled list of all images, reshuffled every epoch;
-- triplet: consecutive (anchor, positive, negative) triples;
-- quadruplet, eml, npairs, multisimilarity: class-balanced batches, `batch_size / samples_each_class` classes with
+Sampling, by the batch layout the loss asks for (its `batch_layout`):
+- shuffled (softmax, arcmargin): a shuffled list of all images, reshuffled every epoch;
+- triplets (triplet): consecutive (anchor, positive, negative) triples;
+- class_balanced (quadruplet, eml, npairs, multisimilarity): `batch_size / samples_each_class` classes with
   `samples_each_class` images each, consecutive in the batch. Classes with fewer images than that are left out of
   sampling (a warning counts them): repeating an image would make a trivially easy positive pair.
 Every sampler is a pure function of (seed, batch index), so a resumed run draws the very batches it would have drawn,
@@ -24,14 +24,14 @@ import warnings
 
 import numpy as np
 
-import image_ops
-from worker_pool import OrderedWorkerPool, WorkerDiedError, WorkerError
+from core import image_ops
+from core.worker_pool import OrderedWorkerPool, WorkerDiedError, WorkerError
 
 LIST_HEADER = ("image_id", "class_id", "super_class_id", "path")
 TRAIN_LIST = "Ebay_train.txt"
 TEST_LIST = "Ebay_test.txt"
-ELEMENT_LOSSES = ("softmax", "arcmargin")
-CLASS_BALANCED_LOSSES = ("quadruplet", "eml", "npairs", "multisimilarity")
+# The batch layouts a loss can ask for (its `batch_layout`).
+SHUFFLED, TRIPLETS, CLASS_BALANCED = BATCH_LAYOUTS = ("shuffled", "triplets", "class_balanced")
 # Independent random streams derived from the one --seed.
 SAMPLING_STREAM, AUGMENT_STREAM = 1, 2
 MAX_REPLACEMENT_TRIES = 10
@@ -167,6 +167,7 @@ class TripletSampler:
             raise ValueError("triplet needs at least one class with 2 images and at least 2 classes")
         self.anchor_pool = np.sort(anchor_pool)
         self.anchors = ShuffledSampler(self.anchor_pool, batch_size // 3, seed)
+        self.batch_size = batch_size
         self.seed = seed
 
     def batch(self, batch_index):
@@ -194,6 +195,7 @@ class ClassBalancedSampler:
             raise ValueError("--train_batch_size=%d must be a multiple of --samples_each_class=%d"
                              % (batch_size, samples_each_class))
         by_class = indices_by_class(labels)
+        self.batch_size = batch_size
         self.samples_each_class = samples_each_class
         self.classes_per_batch = batch_size // samples_each_class
         self.class_images = [idx for _, idx in sorted(by_class.items()) if len(idx) >= samples_each_class]
@@ -218,31 +220,30 @@ class ClassBalancedSampler:
                                for c in chosen])
 
 
-def make_sampler(loss_name, labels, batch_size, samples_each_class, seed):
-    if loss_name in ELEMENT_LOSSES:
+def make_sampler(batch_layout, labels, batch_size, samples_each_class, seed):
+    """The sampler of a loss's `batch_layout`; raises ValueError naming the flag when the data cannot fill a batch."""
+    if batch_layout == SHUFFLED:
         return ShuffledSampler(labels, batch_size, seed)
-    if loss_name == "triplet":
+    if batch_layout == TRIPLETS:
         return TripletSampler(labels, batch_size, seed)
-    if loss_name in CLASS_BALANCED_LOSSES:
+    if batch_layout == CLASS_BALANCED:
         return ClassBalancedSampler(labels, batch_size, samples_each_class, seed)
-    raise ValueError("unknown --loss_name=%s" % loss_name)
+    raise ValueError("unknown batch layout %r, not one of %s" % (batch_layout, ", ".join(BATCH_LAYOUTS)))
 
 
 class BatchDecoder:
     """The work a reader worker does: decode and transform the images of one batch into a shared slot.
 
-    Training replaces an unreadable image by another of its class (or any image) and reports the bad path;
-    test and infer raise, naming the file, since every image must be scored.
+    Training (with an `image_ops.Augmentation`) replaces an unreadable image by another of its class (or any image)
+    and reports the bad path; test and infer (without) raise, naming the file, since every image must be scored.
     """
 
-    def __init__(self, image_list, labels, train, crop_scale_min=0.08, random_flip=True, rotate=False):
+    def __init__(self, image_list, labels, augmentation=None):
         self.paths = image_list.paths
         self.labels = labels
-        self.train = train
-        self.crop_scale_min = crop_scale_min
-        self.random_flip = random_flip
-        self.rotate = rotate
-        self.by_class = indices_by_class(labels) if train else None
+        self.augmentation = augmentation
+        self.train = augmentation is not None
+        self.by_class = indices_by_class(labels) if self.train else None
 
     def __call__(self, task, out):
         batch_index, indices, seed, first_row = task
@@ -253,7 +254,7 @@ class BatchDecoder:
                 continue
             rng = batch_rng(seed, AUGMENT_STREAM, batch_index, first_row + row)
             image = self._load_or_replace(index, rng, bad_paths)
-            image_ops.process_train_image(image, out[row], self.crop_scale_min, self.random_flip, self.rotate, rng)
+            image_ops.process_train_image(image, out[row], self.augmentation, rng)
         return len(indices), (self.labels[indices].reshape(-1, 1), bad_paths)
 
     def _load_or_replace(self, index, rng, bad_paths):
@@ -281,21 +282,30 @@ def _run_batches(decoder, tasks, num_workers, batch_size, image_shape, max_bad_i
             yield images, labels
 
 
+def read_list(data_dir, list_name):
+    """Parses `list_name` (in `data_dir`, or an absolute path), its image paths relative to `data_dir`."""
+    return read_image_list(os.path.join(data_dir, list_name), data_dir)
+
+
 def read_train_list(data_dir):
-    return read_image_list(os.path.join(data_dir, TRAIN_LIST), data_dir)
+    return read_list(data_dir, TRAIN_LIST)
 
 
-def train_batches(image_list, loss_name, batch_size, image_shape, samples_each_class=2, num_workers=2, seed=0,
-                  crop_scale_min=0.08, random_flip=True, rotate=False, max_bad_images=100, start_batch=0,
-                  rank=0, world_size=1):
-    """Endless training batches `(images N×C×H×W float32, labels N×1 int64)` from a parsed training list.
+def train_labels(image_list):
+    """Training labels are `class_id - 1`, as the original's."""
+    return image_list.class_ids - 1
+
+
+def train_batches(image_list, sampler, image_shape, augmentation, num_workers=2, seed=0, max_bad_images=100,
+                  start_batch=0, rank=0, world_size=1):
+    """Endless training batches `(images N×C×H×W float32, labels N×1 int64)` from a parsed training list, laid out
+    by `sampler` (`make_sampler` on `train_labels(image_list)`) and augmented as `augmentation` says.
 
     `start_batch` resumes the stream; with `world_size > 1` each rank gets its own contiguous share of every global
     batch, so class-balanced groups stay whole when `batch_size / world_size` is a multiple of samples_each_class.
     """
-    labels = image_list.class_ids - 1
-    sampler = make_sampler(loss_name, labels, batch_size, samples_each_class, seed)
-    per_rank = batch_size // world_size
+    labels = train_labels(image_list)
+    per_rank = sampler.batch_size // world_size
 
     def tasks():
         batch_index = start_batch
@@ -304,8 +314,7 @@ def train_batches(image_list, loss_name, batch_size, image_shape, samples_each_c
             yield batch_index, indices, seed, rank * per_rank
             batch_index += 1
 
-    decoder = BatchDecoder(image_list, labels, train=True, crop_scale_min=crop_scale_min,
-                           random_flip=random_flip, rotate=rotate)
+    decoder = BatchDecoder(image_list, labels, augmentation)
     yield from _run_batches(decoder, tasks(), num_workers, per_rank, image_shape, max_bad_images)
 
 
@@ -314,19 +323,17 @@ def _sequential_tasks(num_images, batch_size):
         yield batch_index, np.arange(start, min(start + batch_size, num_images)), 0, start
 
 
-def eval_batches(data_dir, batch_size, image_shape, num_workers=2, list_name=TEST_LIST):
-    """Every image of the test list, in file order: `(images, class_ids N×1 int64)`, the last batch possibly short."""
-    image_list = read_image_list(os.path.join(data_dir, list_name), data_dir)
-    decoder = BatchDecoder(image_list, image_list.class_ids, train=False)
+def eval_batches(image_list, batch_size, image_shape, num_workers=2):
+    """Every image of a parsed list, in file order: `(images, class_ids N×1 int64)`, the last batch possibly short."""
+    decoder = BatchDecoder(image_list, image_list.class_ids)
     yield from _run_batches(decoder, _sequential_tasks(len(image_list.paths), batch_size), num_workers,
                             batch_size, image_shape)
 
 
-def infer_batches(data_dir, batch_size, image_shape, num_workers=2, list_name=TEST_LIST):
-    """Every image of the list in file order, with its path instead of a label: `(images, [paths])`."""
-    image_list = read_image_list(os.path.join(data_dir, list_name), data_dir)
+def infer_batches(image_list, batch_size, image_shape, num_workers=2):
+    """Every image of a parsed list in file order, with its path instead of a label: `(images, [paths])`."""
     paths = np.array(image_list.paths, dtype=object)
-    decoder = BatchDecoder(image_list, paths, train=False)
+    decoder = BatchDecoder(image_list, paths)
     for images, batch_paths in _run_batches(decoder, _sequential_tasks(len(paths), batch_size), num_workers,
                                             batch_size, image_shape):
         yield images, batch_paths.reshape(-1).tolist()

@@ -1,36 +1,11 @@
-"""Flags, timing and metrics helpers shared by every script."""
+"""What every script shares besides Paddle: flags in the original's `--name=value` style, log lines, progress bars
+and one-line errors. Plain Python: importing it neither imports Paddle nor sets anything up.
+"""
 import argparse
+import collections
 import contextlib
-import io
-import os
 import sys
 import time
-import warnings
-
-# Importing paddle forces OMP_NUM_THREADS=1 when it is unset, which makes CPU training single-threaded.
-# Every script and the test suite import this module before paddle, so the default here is all cores.
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, str(os.cpu_count() or 1))
-# Paddle's C++ info and warning lines would drown the one-line-per-step log; errors still show.
-os.environ.setdefault("GLOG_minloglevel", "2")
-warnings.filterwarnings("ignore", category=UserWarning, module=r"paddle\.")
-
-
-def _import_paddle_without_its_thread_warning():
-    """Imports paddle once, dropping the two lines it prints to stderr whenever OMP_NUM_THREADS > 1 (set above on
-    purpose; they warn about data parallelism and OpenBLAS builds, neither of which applies). Anything else it prints
-    is passed on."""
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            import paddle  # noqa: F401
-    finally:
-        for line in captured.getvalue().splitlines(keepends=True):
-            if not line.startswith(("WARNING: OMP_NUM_THREADS set to", "PLEASE USE OMP_NUM_THREADS WISELY")):
-                sys.stderr.write(line)
-
-
-_import_paddle_without_its_thread_warning()
 
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
 FALSE_WORDS = ("false", "f", "no", "n", "0", "off")
@@ -58,6 +33,32 @@ def add_arguments(argname, type, default, help, argparser, **kwargs):
         type=type,
         help=help + " Default: %(default)s.",
         **kwargs)
+
+
+class Flag(collections.namedtuple("Flag", "name type default help check")):
+    """One command-line flag: declared once, added to every parser that takes it.
+
+    `check(value)` returns what is wrong with a parsed value (a phrase such as "must be positive, got 0"), or None;
+    `ArgumentParser.parse_args` applies it, so a bad value stops the script before anything is built.
+    """
+
+    def __new__(cls, name, type, default, help, check=None):
+        return super().__new__(cls, name, type, default, help, check)
+
+
+def positive(value):
+    return None if value > 0 else "must be positive, got %s" % value
+
+
+def non_negative(value):
+    return None if value >= 0 else "must not be negative, got %s" % value
+
+
+def one_of(choices):
+    """A check that the value is a key of `choices`, read when checking, so that later registrations count."""
+    def check(value):
+        return None if value in choices else "%r is not one of %s" % (value, ", ".join(choices))
+    return check
 
 
 def print_arguments(args):
@@ -108,11 +109,6 @@ def parse_image_shape(text):
     return tuple(shape)
 
 
-def cuda_is_compiled():
-    import paddle
-    return paddle.is_compiled_with_cuda()
-
-
 def usage_error(message):
     """Stops the script with a one-line error and argparse's exit code 2; the message names the flag."""
     sys.stderr.write("error: %s\n" % message)
@@ -124,7 +120,32 @@ def flag_error(flag, message):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line naming the flag, as flag_error's, not the whole usage first."""
+    """argparse with the suite's flags: one-line errors naming the flag, and each `Flag`'s check applied on parsing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.flags = {}
+
+    def add_flags(self, flags, **defaults):
+        """Adds each `Flag` once (a flag two groups share is the same object); `defaults` override declared ones."""
+        for flag in flags:
+            if flag.name in self.flags:
+                if self.flags[flag.name] is not flag:
+                    raise ValueError("--%s is declared twice, differently" % flag.name)
+                continue
+            add_arguments(flag.name, flag.type, defaults.pop(flag.name, flag.default), flag.help, self)
+            self.flags[flag.name] = flag
+        if defaults:
+            raise ValueError("defaults given for flags this parser does not take: %s" % ", ".join(defaults))
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        for name, flag in self.flags.items():
+            value = getattr(parsed, name)
+            problem = flag.check(value) if flag.check and value is not None else None  # None: not given
+            if problem:
+                flag_error(name, problem)
+        return parsed
 
     def error(self, message):
         usage_error("%s (see --help)" % message)
@@ -142,19 +163,3 @@ def exit_on(*error_types):
     except error_types as error:
         sys.stderr.write("error: %s\n" % (str(error).splitlines() or [type(error).__name__])[0])
         sys.exit(1)
-
-
-def check_cuda(use_gpu):
-    """Fails with a clear message when --use_gpu=True is asked of a CPU build of Paddle."""
-    if use_gpu and not cuda_is_compiled():
-        flag_error("use_gpu", "True, but this PaddlePaddle is a CPU build. Run with --use_gpu=False, "
-                   "or install paddlepaddle-gpu (same major version).")
-
-
-def recall_topk(fea, lab, k=1):
-    """Recall@k as the original: L2-normalised features, Euclidean distance, the query itself excluded.
-
-    Computed exactly by metrics.py in blocks; ties between a positive and a negative count against the positive.
-    """
-    import metrics
-    return metrics.retrieval_metrics(fea, lab, recall_ks=(k,))["recall@%d" % k]

@@ -21,10 +21,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utility  # noqa: E402  (thread count for BLAS, before numpy loads)
+import core  # noqa: E402,F401  (thread count for BLAS, before numpy loads)
 import numpy as np  # noqa: E402
 
-import metrics  # noqa: E402
+import utility  # noqa: E402
+from core import metrics  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -25,11 +25,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utility  # noqa: E402  (thread variables, before numpy loads)
+import core  # noqa: E402,F401  (thread variables, before numpy loads)
 import numpy as np  # noqa: E402
 
-import image_ops  # noqa: E402
 import reader  # noqa: E402
+import utility  # noqa: E402
+from core import image_ops  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TOY_IMAGE_SIZE = 80
@@ -105,7 +106,7 @@ def make_data_set(data_dir, num_classes, image_size, seed):
 
 def write_eval_list(data_dir, num_images):
     """Writes EVAL_LIST next to the test list: the test split's images, repeated in order up to num_images lines."""
-    test_list = reader.read_image_list(os.path.join(data_dir, reader.TEST_LIST), data_dir)
+    test_list = reader.read_list(data_dir, reader.TEST_LIST)
     lines = [" ".join(reader.LIST_HEADER)]
     for image_id in range(1, num_images + 1):
         row = (image_id - 1) % len(test_list.paths)
@@ -154,12 +155,18 @@ def measure(batches, warmup_batches, timed_batches):
                 workers_ms=1000.0 * workers_cpu / images, cores=(main_cpu + workers_cpu) / wall)
 
 
+# The training scripts' default augmentation: random-resized crop of at least 8% of the image, flip, no rotation.
+AUGMENTATION = image_ops.Augmentation(crop_scale_min=0.08, random_flip=True, rotate=False)
+
+
 def reader_batches(reader_name, data_set, batch_size, num_workers, seed):
     if reader_name == "train":
-        return reader.train_batches(data_set["train_list"], "softmax", batch_size, data_set["image_shape"],
+        train_list = data_set["train_list"]
+        sampler = reader.make_sampler(reader.SHUFFLED, reader.train_labels(train_list), batch_size, 1, seed)
+        return reader.train_batches(train_list, sampler, data_set["image_shape"], AUGMENTATION,
                                     num_workers=num_workers, seed=seed)
-    return reader.eval_batches(data_set["data_dir"], batch_size, data_set["image_shape"], num_workers,
-                               list_name=EVAL_LIST)
+    return reader.eval_batches(reader.read_list(data_set["data_dir"], EVAL_LIST), batch_size,
+                               data_set["image_shape"], num_workers)
 
 
 def per_image_ms(action, items, repeats):
@@ -188,7 +195,7 @@ def stage_times(data_set, num_images, batch_size, repeats, seed):
     return [
         ("open, decode, RGB (image_ops.load_rgb)", per_image_ms(image_ops.load_rgb, paths, repeats)),
         ("train transform: crop, resize, flip, normalise",
-         per_image_ms(lambda image: image_ops.process_train_image(image, out, 0.08, True, False, rng), images,
+         per_image_ms(lambda image: image_ops.process_train_image(image, out, AUGMENTATION, rng), images,
                       repeats)),
         ("eval transform: resize, centre crop, normalise",
          per_image_ms(lambda image: image_ops.process_test_image(image, out), images, repeats)),

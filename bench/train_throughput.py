@@ -37,23 +37,20 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utility  # noqa: E402  (the CPU thread count, before paddle loads)
+import core  # noqa: E402,F401  (the CPU thread count, before paddle loads)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 
+import losses  # noqa: E402
 import models  # noqa: E402
-import onednn  # noqa: E402
-import programs  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
-import trainer  # noqa: E402
-import training_flags  # noqa: E402
+import utility  # noqa: E402
+from core import onednn, programs, trainer  # noqa: E402
 from bench.timing import images_per_second  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
-SCRIPTS = {"arcmargin": train_elem, "softmax": train_elem, "eml": train_pair, "quadruplet": train_pair,
-           "npairs": train_pair, "multisimilarity": train_pair}
 QUICK = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--feature_batch_sizes=4", "--steps=1",
          "--e2e_steps=2", "--reference_steps=1", "--rounds=1", "--classes=4"]
 # Layer constructors and parameter factories that models/ and losses/ call while they build a network.
@@ -90,8 +87,8 @@ def parse_args(argv=None):
         if name not in models.MODELS:
             utility.flag_error("models", "%r is not one of %s" % (name, ", ".join(models.MODELS)))
     for name in args.losses:
-        if name not in SCRIPTS:
-            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(SCRIPTS)))
+        if name not in losses.LOSSES:
+            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(losses.LOSSES)))
     for flag in ("batch_sizes", "feature_batch_sizes"):
         if len(getattr(args, flag)) != len(args.sides):
             utility.flag_error(flag, "needs one value per --sides entry")
@@ -113,16 +110,17 @@ def make_data_set(args, side):
 
 
 def training_run(loss_name, model, side, batch_size, data_dir, args, use_mkldnn):
-    script = SCRIPTS[loss_name]
+    has_classifier = losses.LOSSES[loss_name].has_classifier
+    script = train_elem if has_classifier else train_pair
     argv = ["--model=%s" % model, "--image_shape=3,%d,%d" % (side, side), "--train_batch_size=%d" % batch_size,
             "--loss_name=%s" % loss_name, "--data_dir=%s" % data_dir, "--use_gpu=False",
             "--use_mkldnn=%s" % use_mkldnn, "--num_workers=%d" % args.num_workers, "--crop_scale_min=0.3",
             "--model_save_dir=%s" % os.path.join(args.work_dir, "output")]
-    if script is train_elem:
+    if has_classifier:
         argv.append("--class_dim=%d" % args.classes)
-    parsed = training_flags.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], argv)
+    parsed = script.make_parser().parse_args(argv)
     with contextlib.redirect_stdout(io.StringIO()):  # its start-up log lines
-        return trainer.TrainingRun(parsed, script.make_loss(parsed))
+        return trainer.TrainingRun(parsed, trainer.prepare(parsed))
 
 
 @contextlib.contextmanager
@@ -153,7 +151,7 @@ class DynamicTraining:
     """The training step of `TrainingRun` in Paddle's dynamic mode: same network, loss and optimizer settings."""
 
     def __init__(self, run):
-        self.args, self.loss = run.args, SCRIPTS[run.args.loss_name].make_loss(run.args)
+        self.args, self.loss = run.args, run.data.loss
         self.made, self.optimizer = [], None
 
     def step(self, images, labels):
@@ -162,7 +160,7 @@ class DynamicTraining:
             with reusing(self.made):
                 feature = models.get_model(self.args.model).net(paddle.to_tensor(images), self.args.embedding_size)
                 result = self.loss.loss(feature, paddle.to_tensor(labels))
-            loss = paddle.mean(result[0] if isinstance(result, tuple) else result)
+            loss = paddle.mean(result[0] if self.loss.has_classifier else result)
             if self.optimizer is None:
                 parameters = [p for item in self.made
                               for p in (item.parameters() if isinstance(item, paddle.nn.Layer) else [item])]

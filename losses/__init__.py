@@ -1,6 +1,13 @@
-"""Metric-learning losses: two classification losses for training, five pair-based ones for fine-tuning."""
+"""Metric-learning losses, selectable by name (``--loss_name=eml``).
+
+Each loss is one file and one class implementing `base.Loss`; `LOSSES` maps its name to it. train_elem.py offers the
+losses with a classifier head, train_pair.py the others. Adding a loss: its file, one line below, its tests and its
+row in the README's loss table.
+"""
+import core  # noqa: F401  (thread counts set before paddle is imported)
+
 from .arcmarginloss import ArcMarginLoss
-from .commonfunc import check_class_balanced_batch, check_labels
+from .base import CLASS_BALANCED, CLASS_DIM, SHUFFLED, TRIPLETS, Loss, check_class_balanced_batch, check_labels
 from .emlloss import EmlLoss
 from .multisimilarityloss import MultiSimilarityLoss
 from .npairsloss import NpairsLoss
@@ -8,19 +15,28 @@ from .quadrupletloss import QuadrupletLoss
 from .softmaxloss import SoftmaxLoss
 from .tripletloss import TripletLoss, check_triplet_batch
 
-LOSSES = {
-    "softmax": SoftmaxLoss,
-    "arcmargin": ArcMarginLoss,
-    "triplet": TripletLoss,
-    "quadruplet": QuadrupletLoss,
-    "eml": EmlLoss,
-    "npairs": NpairsLoss,
-    "multisimilarity": MultiSimilarityLoss,
-}
-ELEM_LOSSES = ("softmax", "arcmargin")  # per-image losses with a classifier head: train_elem
-# Losses on relations inside a batch: train_pair. The first four are the original's.
-PAIR_LOSSES = ("triplet", "quadruplet", "eml", "npairs", "multisimilarity")
+LOSSES = {loss.name: loss for loss in (
+    SoftmaxLoss,
+    ArcMarginLoss,
+    TripletLoss,
+    QuadrupletLoss,
+    EmlLoss,
+    NpairsLoss,
+    MultiSimilarityLoss,
+)}
 
-__all__ = ["SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss",
-           "MultiSimilarityLoss", "LOSSES", "ELEM_LOSSES", "PAIR_LOSSES", "check_labels", "check_class_balanced_batch",
-           "check_triplet_batch"]
+
+def names(has_classifier):
+    """The registered losses with (train_elem.py) or without (train_pair.py) a classifier head, in registry order."""
+    return [name for name, loss in LOSSES.items() if loss.has_classifier == has_classifier]
+
+
+def add_arguments(parser, has_classifier):
+    """Adds the flags of those losses to `parser` (a flag several losses share, once)."""
+    for name in names(has_classifier):
+        LOSSES[name].add_arguments(parser)
+
+
+__all__ = ["Loss", "LOSSES", "names", "add_arguments", "SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss",
+           "EmlLoss", "NpairsLoss", "MultiSimilarityLoss", "SHUFFLED", "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM",
+           "check_labels", "check_class_balanced_batch", "check_triplet_batch"]

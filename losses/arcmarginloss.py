@@ -4,10 +4,21 @@ import math
 import paddle
 import paddle.nn.functional as F
 
+from utility import Flag, positive
+from .base import CLASS_DIM, ClassifierLoss
 from .commonfunc import flatten_labels, l2_normalize, softmax_cross_entropy
 
 
-class ArcMarginLoss:
+def _angle(value):
+    return None if 0 <= value < math.pi / 2 else "must be an angle in [0, pi/2) radians, got %s" % value
+
+
+ARC_SCALE = Flag("arc_scale", float, 80.0, "arcmargin: logit scale s.", positive)
+ARC_MARGIN = Flag("arc_margin", float, 0.15, "arcmargin: angular margin m in radians.", _angle)
+ARC_EASY_MARGIN = Flag("arc_easy_margin", bool, False, "arcmargin: apply the margin only where the cosine is positive.")
+
+
+class ArcMarginLoss(ClassifierLoss):
     """Softmax cross-entropy on scaled cosines, with an angular margin added to the target class.
 
     cos_ij = <x_i/|x_i|, w_j/|w_j|> with class weights W [class_dim, D] (Xavier-uniform initialised);
@@ -27,11 +38,19 @@ class ArcMarginLoss:
     The class weights are the parameter `arcmargin_weight_norm`.
     """
 
+    name = "arcmargin"
+    flags = (CLASS_DIM, ARC_SCALE, ARC_MARGIN, ARC_EASY_MARGIN)
+
     def __init__(self, class_dim, margin=0.15, scale=80.0, easy_margin=False):
         self.class_dim = class_dim
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(class_dim=args.class_dim, margin=args.arc_margin, scale=args.arc_scale,
+                   easy_margin=args.arc_easy_margin)
 
     def loss(self, input, label):
         weight = paddle.static.create_parameter(

@@ -1,10 +1,8 @@
-"""Math the losses share: normalisation, distances, label masks, masked reductions, cross-entropy, checks.
+"""Math the losses share: normalisation, distances, label masks, masked reductions, cross-entropy.
 
-Everything here builds static-graph ops (call it inside `paddle.static.program_guard`) except the `check_*`
-helpers, which are plain Python and raise `ValueError` naming the command-line flag to fix.
+Everything here builds static-graph ops: call it inside `paddle.static.program_guard`.
 Ops run in the dtype of their input, so the same loss code builds a float32 training graph or a float64 test graph.
 """
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -96,30 +94,8 @@ def softmax_cross_entropy(logits, label):
     """Per-sample cross-entropy [N, 1] and probabilities [N, C] of `logits` [N, C].
 
     Computed from the log-softmax, so a confident wrong class gives its large finite loss, never log(0).
-    A label outside [0, C) makes Paddle's one_hot raise at run time; see `check_labels` for an early check.
+    A label outside [0, C) makes Paddle's one_hot raise at run time; `base.check_labels` checks a data set early.
     """
     target = F.one_hot(flatten_labels(label), logits.shape[1]).astype(logits.dtype)
     per_sample_loss = -paddle.sum(target * log_softmax(logits), axis=1, keepdim=True)
     return per_sample_loss, F.softmax(logits, axis=1)
-
-
-def check_labels(labels, class_dim):
-    """Raises ValueError unless every label is an integer in [0, class_dim); call it once on the data set."""
-    labels = np.asarray(labels)
-    if labels.size == 0:
-        return
-    if labels.min() < 0:
-        raise ValueError("labels must be non-negative, found %d" % labels.min())
-    if labels.max() >= class_dim:
-        raise ValueError("--class_dim=%d is too small: labels go up to %d, so --class_dim must be at least %d"
-                         % (class_dim, labels.max(), labels.max() + 1))
-
-
-def check_class_balanced_batch(train_batch_size, samples_each_class, loss_name):
-    """Raises ValueError unless a batch splits into whole groups of at least two images per class."""
-    if samples_each_class < 2:
-        raise ValueError("--samples_each_class=%d: %s needs at least 2 images of a class in a batch"
-                         % (samples_each_class, loss_name))
-    if train_batch_size % samples_each_class != 0:
-        raise ValueError("--train_batch_size=%d is not divisible by --samples_each_class=%d (loss %s)"
-                         % (train_batch_size, samples_each_class, loss_name))

@@ -3,8 +3,9 @@ import math
 
 import paddle
 
-from .commonfunc import (check_class_balanced_batch, filled_like, masked_max, masked_mean, masked_min, negative_mask,
-                         pairwise_squared_distance, positive_mask)
+from .base import CLASS_BALANCED, SAMPLES_EACH_CLASS, Loss, check_class_balanced_batch
+from .commonfunc import (filled_like, masked_max, masked_mean, masked_min, negative_mask, pairwise_squared_distance,
+                         positive_mask)
 
 BETA = 100000.0
 THRESHOLD = 20.0  # above this bias, log(1 + beta theta e^b) is replaced by its asymptote (same value at 20)
@@ -20,7 +21,7 @@ def surrogate_asymptote(theta, bias):
     return (paddle.log(theta) + bias + math.log(BETA)) / math.log(1.0 + BETA)
 
 
-class EmlLoss:
+class EmlLoss(Loss):
     """Soft hinge on the hardest positive versus the hardest negative of each anchor, on raw embeddings.
 
     For anchor i with squared distances d_ij (no normalisation), positives P_i (same label, j != i) and
@@ -40,10 +41,18 @@ class EmlLoss:
     batch gets loss 0 and no gradient (it still counts in the caller's mean).
     """
 
+    name = "eml"
+    batch_layout = CLASS_BALANCED
+    flags = (SAMPLES_EACH_CLASS,)
+
     def __init__(self, train_batch_size, samples_each_class):
         check_class_balanced_batch(train_batch_size, samples_each_class, "eml")
         self.train_batch_size = train_batch_size
         self.samples_each_class = samples_each_class
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(batch_size, args.samples_each_class)
 
     def loss(self, input, label):
         distance = pairwise_squared_distance(input)

@@ -1,8 +1,16 @@
 """Multi-similarity loss with its pair mining (Wang et al., CVPR 2019, https://arxiv.org/abs/1904.06627)."""
 import paddle
 
-from .commonfunc import (LARGE, check_class_balanced_batch, filled_like, l2_normalize, masked_max, masked_min,
-                         negative_mask, positive_mask)
+from utility import Flag, positive
+from .base import CLASS_BALANCED, SAMPLES_EACH_CLASS, Loss, check_class_balanced_batch
+from .commonfunc import LARGE, filled_like, l2_normalize, masked_max, masked_min, negative_mask, positive_mask
+
+MS_FLAGS = (
+    Flag("ms_alpha", float, 2.0, "multisimilarity: scale of the positive pairs' term.", positive),
+    Flag("ms_beta", float, 50.0, "multisimilarity: scale of the negative pairs' term.", positive),
+    Flag("ms_base", float, 0.5, "multisimilarity: the similarity the pairs are pushed across."),
+    Flag("ms_epsilon", float, 0.1, "multisimilarity: mining margin; pairs easier than this are left out."),
+)
 
 
 def log_one_plus_sum_exp(exponent, mask):
@@ -15,7 +23,7 @@ def log_one_plus_sum_exp(exponent, mask):
     return paddle.logsumexp(paddle.concat([one, exponent], axis=1), axis=1, keepdim=True)
 
 
-class MultiSimilarityLoss:
+class MultiSimilarityLoss(Loss):
     """Soft weighting of every informative pair of an anchor, on cosine similarities.
 
     With S_ij the cosine similarity of the L2-normalised embeddings, positives P_i (same label, j != i) and
@@ -33,6 +41,10 @@ class MultiSimilarityLoss:
     has no positive or no negative in the batch, gets loss 0 and no gradient (it still counts in the caller's mean).
     """
 
+    name = "multisimilarity"
+    batch_layout = CLASS_BALANCED
+    flags = (SAMPLES_EACH_CLASS,) + MS_FLAGS
+
     def __init__(self, train_batch_size, samples_each_class, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
         check_class_balanced_batch(train_batch_size, samples_each_class, "multisimilarity")
         for flag, value in (("ms_alpha", alpha), ("ms_beta", beta)):
@@ -41,6 +53,11 @@ class MultiSimilarityLoss:
         self.train_batch_size = train_batch_size
         self.samples_each_class = samples_each_class
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(batch_size, args.samples_each_class, alpha=args.ms_alpha, beta=args.ms_beta, base=args.ms_base,
+                   epsilon=args.ms_epsilon)
 
     def loss(self, input, label):
         embedding = l2_normalize(input)

@@ -1,11 +1,14 @@
 """Multi-class N-pair loss (Sohn, NIPS 2016) with an L2 penalty on the embeddings."""
 import paddle
 
-from .commonfunc import (LARGE, batch_positions, check_class_balanced_batch, filled_like, log_softmax, masked_mean,
-                         same_label_mask)
+from utility import Flag
+from .base import CLASS_BALANCED, SAMPLES_EACH_CLASS, Loss, check_class_balanced_batch
+from .commonfunc import LARGE, batch_positions, filled_like, log_softmax, masked_mean, same_label_mask
+
+NPAIRS_REG_LAMBDA = Flag("npairs_reg_lambda", float, 0.01, "npairs: weight of the embedding-norm regulariser.")
 
 
-class NpairsLoss:
+class NpairsLoss(Loss):
     """Softmax over anchor-positive similarities: each anchor must pick out its own class's positive.
 
     The batch holds (anchor, positive) pairs of distinct classes. With raw embeddings (no normalisation),
@@ -24,6 +27,10 @@ class NpairsLoss:
     out of the mean (the penalty still covers it). Returns a scalar.
     """
 
+    name = "npairs"
+    batch_layout = CLASS_BALANCED
+    flags = (SAMPLES_EACH_CLASS, NPAIRS_REG_LAMBDA)
+
     def __init__(self, train_batch_size, samples_each_class, reg_lambda=0.01):
         if samples_each_class != 2:
             raise ValueError("--samples_each_class=%d: npairs needs --samples_each_class=2 (anchor, positive)"
@@ -32,6 +39,10 @@ class NpairsLoss:
         self.train_batch_size = train_batch_size
         self.samples_each_class = samples_each_class
         self.reg_lambda = reg_lambda
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(batch_size, args.samples_each_class, reg_lambda=args.npairs_reg_lambda)
 
     def loss(self, input, label):
         same = same_label_mask(label)

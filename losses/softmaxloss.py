@@ -3,10 +3,11 @@ import math
 
 import paddle
 
+from .base import CLASS_DIM, ClassifierLoss
 from .commonfunc import softmax_cross_entropy
 
 
-class SoftmaxLoss:
+class SoftmaxLoss(ClassifierLoss):
     """Softmax cross-entropy over a linear classifier on the embedding.
 
     logits = x W + b, with W [D, class_dim] initialised uniform in [-1/sqrt(D), 1/sqrt(D)] and b at zero;
@@ -20,8 +21,15 @@ class SoftmaxLoss:
     and `softmax_fc_offset`, so programs built separately share them and checkpoints load by name.
     """
 
+    name = "softmax"
+    flags = (CLASS_DIM,)
+
     def __init__(self, class_dim):
         self.class_dim = class_dim
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(class_dim=args.class_dim)
 
     def loss(self, input, label):
         bound = 1.0 / math.sqrt(input.shape[1])

@@ -2,10 +2,11 @@
 import paddle
 import paddle.nn.functional as F
 
+from .base import MARGIN, TRIPLETS, Loss
 from .commonfunc import l2_normalize
 
 
-class TripletLoss:
+class TripletLoss(Loss):
     """Hinge on the gap between anchor-positive and anchor-negative squared distances.
 
     With L2-normalised embeddings and the batch read as rows (3k, 3k+1, 3k+2) = (anchor, positive, negative):
@@ -20,10 +21,18 @@ class TripletLoss:
     static, else by Paddle's reshape on the first such batch.
     """
 
+    name = "triplet"
+    batch_layout = TRIPLETS
+    flags = (MARGIN,)
+
     def __init__(self, margin=0.1, train_batch_size=None):
         self.margin = margin
         if train_batch_size is not None:
             check_triplet_batch(train_batch_size)
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(margin=args.margin, train_batch_size=batch_size)
 
     def loss(self, input, label=None):
         if input.shape[0] > 0:

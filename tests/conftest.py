@@ -7,7 +7,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utility  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
+import core  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 
@@ -18,3 +18,13 @@ def toy_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
     make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
     return root
+
+
+@pytest.fixture
+def trained_tiny_program():
+    """tiny_program's network after one training step, so that velocities and statistics are not at their initial
+    values: (program, startup, executor)."""
+    from tiny_program import build_tiny_program
+    tiny = build_tiny_program()
+    tiny.train_step()
+    return tiny.program, tiny.startup, tiny.executor

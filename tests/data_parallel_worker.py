@@ -14,7 +14,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import utility  # noqa: E402,F401  (sets the CPU thread count before Paddle loads)
+import core  # noqa: E402,F401  (sets the CPU thread count before Paddle loads)
 import numpy as np  # noqa: E402
 import paddle  # noqa: E402
 import paddle.nn.functional as F  # noqa: E402
@@ -23,8 +23,7 @@ from paddle import ParamAttr, nn  # noqa: E402
 import models  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
-import trainer  # noqa: E402
-import training_flags  # noqa: E402
+from core import trainer  # noqa: E402
 
 SCRIPTS = {"train_elem": train_elem, "train_pair": train_pair}
 
@@ -41,8 +40,8 @@ class TinyNet:
 def main(dump_dir, script_name, flags):
     models.MODELS["TinyNet"] = TinyNet
     script = SCRIPTS[script_name]
-    args = training_flags.parse_training_arguments(script.make_parser(), script.DEFAULTS["loss_choices"], flags)
-    run = trainer.TrainingRun(args, script.make_loss(args))
+    args = script.make_parser().parse_args(flags)
+    run = trainer.TrainingRun(args, trainer.prepare(args, paddle.distributed.ParallelEnv().rank))
     with open(os.path.join(dump_dir, "pid%d" % run.rank), "w") as pid_file:
         pid_file.write(str(os.getpid()))
     try:

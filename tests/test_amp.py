@@ -7,7 +7,7 @@ import pytest
 
 import losses
 import models
-import programs
+from core import programs
 import train_elem
 
 LOSS_OPS = ("pd_op.exp", "pd_op.log", "pd_op.logsumexp", "pd_op.rsqrt", "pd_op.softmax", "pd_op.sqrt")

@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 import pytest
 
-import checkpoint
+from core import checkpoint, pretrained
 import eval as eval_script
 import train_elem
 from script_tools import TINY, error_line, run_main, train_flags
@@ -167,7 +167,7 @@ def test_a_damaged_checkpoint_is_an_error_naming_the_file(tiny_program, tmp_path
     directory = checkpoint.save_checkpoint(program, str(tmp_path / "3"), {"iteration": 3})
     file_name, damage, words = CORRUPTIONS[corruption]
     damage(os.path.join(directory, file_name))
-    for load in (checkpoint.load_checkpoint, checkpoint.load_pretrained):
+    for load in (checkpoint.load_checkpoint, pretrained.load_pretrained):
         with pytest.raises(checkpoint.CheckpointError) as caught:
             load(program, directory)
         assert str(caught.value).startswith(os.path.join(directory, file_name) + ": "), str(caught.value)

@@ -10,10 +10,10 @@ import time
 import numpy as np
 import pytest
 
-import losses
 import reader
 import train_pair
-import training_flags
+from core import image_ops, trainer
+from core.flags import check_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_parallel_worker.py")
@@ -178,8 +178,10 @@ def kill_if_running(pid):
 
 def test_rank_shares_put_together_are_the_single_process_batches(toy_root):
     def stream(rank, world_size):
-        return reader.train_batches(reader.read_train_list(toy_root), "eml", 8, (3, 16, 16), samples_each_class=2,
-                                    num_workers=0, seed=3, rotate=True, rank=rank, world_size=world_size)
+        image_list = reader.read_train_list(toy_root)
+        sampler = reader.make_sampler(reader.CLASS_BALANCED, reader.train_labels(image_list), 8, 2, seed=3)
+        return reader.train_batches(image_list, sampler, (3, 16, 16), image_ops.Augmentation(0.08, True, True),
+                                    num_workers=0, seed=3, rank=rank, world_size=world_size)
 
     whole, halves = stream(0, 1), [stream(rank, 2) for rank in (0, 1)]
     for _ in range(3):
@@ -190,9 +192,10 @@ def test_rank_shares_put_together_are_the_single_process_batches(toy_root):
         assert all(len(np.unique(share[1])) == 2 for share in shares)  # two whole classes of two images each
 
 
-def parse_pair_flags(*flags):
-    return training_flags.parse_training_arguments(train_pair.make_parser(), losses.PAIR_LOSSES,
-                                            ["--data_dir=unused"] + list(flags))
+def parse_pair_flags(*argv):
+    args = train_pair.make_parser().parse_args(["--data_dir=unused"] + list(argv))
+    check_training(args)
+    return args
 
 
 def test_batch_that_does_not_split_into_whole_shares_is_a_flag_error(monkeypatch, capsys):
@@ -203,11 +206,11 @@ def test_batch_that_does_not_split_into_whole_shares_is_a_flag_error(monkeypatch
     assert "--train_batch_size: 7 does not split evenly over the 2 processes" in capsys.readouterr().err
 
     with pytest.raises(SystemExit):
-        train_pair.make_loss(parse_pair_flags("--loss_name=eml", "--train_batch_size=6", "--samples_each_class=2"))
+        trainer.build_loss(parse_pair_flags("--loss_name=eml", "--train_batch_size=6", "--samples_each_class=2"))
     message = capsys.readouterr().err
     assert "--train_batch_size=3 is not divisible by --samples_each_class=2" in message
     assert "the share of each of 2 processes of --train_batch_size=6" in message
 
-    loss = train_pair.make_loss(parse_pair_flags("--loss_name=quadruplet", "--train_batch_size=8",
-                                                 "--samples_each_class=2"))
+    loss = trainer.build_loss(parse_pair_flags("--loss_name=quadruplet", "--train_batch_size=8",
+                                               "--samples_each_class=2"))
     assert loss.train_batch_size == 4

@@ -19,7 +19,7 @@ import numpy as np
 import paddle
 import pytest
 
-import checkpoint
+from core import checkpoint
 import eval as eval_script
 import infer
 import train_elem

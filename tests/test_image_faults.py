@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-import image_ops
+from core import image_ops
 import infer
 import reader
 import train_elem
@@ -88,7 +88,8 @@ def test_awkward_images_decode_to_their_pixels(tmp_path, kind):
     assert decoded.shape == expected.shape
     np.testing.assert_allclose(decoded, expected, atol=tolerance + 0.5)
     out = np.empty((3, 32, 40), np.float32)
-    image_ops.process_train_image(image_ops.load_rgb(path), out, 0.08, True, True, np.random.default_rng(0))
+    image_ops.process_train_image(image_ops.load_rgb(path), out, image_ops.Augmentation(0.08, True, True),
+                                  np.random.default_rng(0))
     assert np.isfinite(out).all()
     image_ops.process_test_image(image_ops.load_rgb(path), out)
     if kind == "10000x100":  # the centre crop straddles the black/white edge

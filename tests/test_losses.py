@@ -7,6 +7,8 @@ import paddle
 import pytest
 
 import losses
+import reader
+import utility
 
 FEATURE_DIM = 5
 PLACE = paddle.CPUPlace()
@@ -34,8 +36,9 @@ def run_loss(make_loss, features, labels, dtype="float32", parameters=None, prob
         x = paddle.static.data("features", [-1, features.shape[1]], dtype)
         x.stop_gradient = False
         y = paddle.static.data("labels", [-1, 1], "int64")
-        outputs = make_loss().loss(x, y)
-        outputs = list(outputs) if isinstance(outputs, tuple) else [outputs]
+        loss = make_loss()
+        outputs = loss.loss(x, y)
+        outputs = list(outputs) if loss.has_classifier else [outputs]
         fetch = list(outputs)
         feed = {"features": features.astype(dtype), "labels": labels.reshape(-1, 1)}
         if isinstance(probe, str):
@@ -53,6 +56,14 @@ def run_loss(make_loss, features, labels, dtype="float32", parameters=None, prob
         results = exe.run(main, feed=feed, fetch_list=fetch)
     gradient = results[len(outputs)] if probe is not None else None
     return results[:len(outputs)], params, gradient
+
+
+def build(name, batch_size, **flag_values):
+    """The registered loss `name` as the training scripts build it: its flags' defaults, `flag_values` over them."""
+    loss_class = losses.LOSSES[name]
+    parser = utility.ArgumentParser()
+    loss_class.add_arguments(parser)
+    return loss_class.from_flags(parser.parse_args(["--%s=%s" % item for item in flag_values.items()]), batch_size)
 
 
 # ---------------------------------------------------------------- float64 references, written from the formulas
@@ -463,10 +474,7 @@ def test_multisimilarity_anchor_without_positive_or_negative_is_zero():
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_identical_features_stay_finite(name):
-    make = {"softmax": lambda: losses.SoftmaxLoss(3), "arcmargin": lambda: losses.ArcMarginLoss(3),
-            "triplet": lambda: losses.TripletLoss(), "quadruplet": lambda: losses.QuadrupletLoss(6, 2),
-            "eml": lambda: losses.EmlLoss(6, 2), "npairs": lambda: losses.NpairsLoss(6, 2),
-            "multisimilarity": lambda: losses.MultiSimilarityLoss(6, 2)}[name]
+    make = lambda: build(name, 6, **({"class_dim": 3} if losses.LOSSES[name].has_classifier else {}))  # noqa: E731
     x, labels = np.tile(np.linspace(-1, 1, FEATURE_DIM), (6, 1)), np.repeat(np.arange(3), 2)
     outputs, _, gradient = run_loss(make, x, labels, probe="sum")
     assert all(np.isfinite(out).all() for out in outputs) and np.isfinite(gradient).all()
@@ -577,10 +585,15 @@ def test_check_labels_accepts_labels_below_class_dim():
     losses.check_labels(np.array([0, 4, 2]), 5)
 
 
-def test_registry():
-    assert set(losses.LOSSES) == set(losses.ELEM_LOSSES) | set(losses.PAIR_LOSSES)
-    assert losses.LOSSES["eml"] is losses.EmlLoss and losses.LOSSES["arcmargin"] is losses.ArcMarginLoss
-    assert losses.LOSSES["multisimilarity"] is losses.MultiSimilarityLoss
+def test_registry_describes_each_loss():
+    assert losses.names(has_classifier=True) == ["softmax", "arcmargin"]  # train_elem.py's, as the original
+    assert losses.names(has_classifier=False)[:4] == ["triplet", "quadruplet", "eml", "npairs"]
+    for name, loss_class in losses.LOSSES.items():
+        assert loss_class.name == name and issubclass(loss_class, losses.Loss)
+        assert loss_class.batch_layout in reader.BATCH_LAYOUTS
+        loss = build(name, 12)  # every flag's default makes a working loss
+        assert loss.has_classifier == (loss.batch_layout == reader.SHUFFLED)
+        assert loss.samples_each_class >= (2 if loss.batch_layout == reader.CLASS_BALANCED else 1)
 
 
 # ---------------------------------------------------------------- training a tiny embedding
@@ -593,37 +606,40 @@ def cluster_batch(labels, rng):
     return (CENTERS[labels] + rng.normal(size=(len(labels), INPUT_DIM))).astype("float32")
 
 
-def triplet_labels(num_triples, rng):
-    labels = []
-    for _ in range(num_triples):
-        same, other = rng.choice(NUM_CLASSES, size=2, replace=False)
-        labels += [same, same, other]
-    return np.array(labels)
+def batch_labels(loss, batch_size, rng):
+    """The labels of one batch laid out as the loss's batch layout asks."""
+    if loss.batch_layout == reader.SHUFFLED:
+        return rng.integers(0, NUM_CLASSES, batch_size)
+    if loss.batch_layout == reader.TRIPLETS:
+        triples = [rng.choice(NUM_CLASSES, size=2, replace=False) for _ in range(batch_size // 3)]
+        return np.array([[same, same, other] for same, other in triples]).ravel()
+    per_class = loss.samples_each_class
+    return rng.permutation(NUM_CLASSES)[:batch_size // per_class].repeat(per_class)
 
 
-# name: (loss, labels of one batch, Momentum learning rate). npairs works on raw dot products, which grow
-# quadratically with the embedding, so it needs the smallest rate (0.03 already diverges here).
+# name: (flags over their defaults, Momentum learning rate), for batches of 12. npairs works on raw dot products,
+# which grow quadratically with the embedding, so it needs the smallest rate (0.03 already diverges here).
 TRAINING = {
-    "softmax": (lambda: losses.SoftmaxLoss(NUM_CLASSES), lambda rng: rng.integers(0, NUM_CLASSES, 12), 0.1),
-    "arcmargin": (lambda: losses.ArcMarginLoss(NUM_CLASSES), lambda rng: rng.integers(0, NUM_CLASSES, 12), 0.01),
-    "triplet": (lambda: losses.TripletLoss(0.1), lambda rng: triplet_labels(4, rng), 0.1),
-    "quadruplet": (lambda: losses.QuadrupletLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.1),
-    "eml": (lambda: losses.EmlLoss(12, 3), lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.02),
-    "npairs": (lambda: losses.NpairsLoss(12, 2), lambda rng: rng.permutation(NUM_CLASSES).repeat(2), 0.01),
-    "multisimilarity": (lambda: losses.MultiSimilarityLoss(12, 3),
-                        lambda rng: rng.permutation(NUM_CLASSES)[:4].repeat(3), 0.05),
+    "softmax": ({"class_dim": NUM_CLASSES}, 0.1),
+    "arcmargin": ({"class_dim": NUM_CLASSES}, 0.01),
+    "triplet": ({}, 0.1),
+    "quadruplet": ({"samples_each_class": 3}, 0.1),
+    "eml": ({"samples_each_class": 3}, 0.02),
+    "npairs": ({}, 0.01),
+    "multisimilarity": ({"samples_each_class": 3}, 0.05),
 }
 
 
-@pytest.mark.parametrize("name", sorted(TRAINING))
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
 def test_training_lowers_the_loss(name):
     """A few dozen Momentum steps cycling over four fixed batches; the last pass must beat the first."""
-    make_loss, make_labels, learning_rate = TRAINING[name]
+    flag_values, learning_rate = TRAINING[name]
+    make_loss = lambda: build(name, 12, **flag_values)  # noqa: E731
     paddle.seed(0)
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(4):
-        labels = make_labels(rng)
+        labels = batch_labels(make_loss(), 12, rng)
         batches.append({"inputs": cluster_batch(labels, rng), "labels": labels[:, None]})
     main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
     with paddle.static.scope_guard(scope), paddle.utils.unique_name.guard(), \
@@ -632,8 +648,9 @@ def test_training_lowers_the_loss(name):
         y = paddle.static.data("labels", [-1, 1], "int64")
         hidden = paddle.static.nn.fc(x, 16, activation="relu")
         embedding = paddle.static.nn.fc(hidden, 4)
-        output = make_loss().loss(embedding, y)
-        loss = paddle.mean(output[0] if isinstance(output, tuple) else output)
+        loss_object = make_loss()
+        output = loss_object.loss(embedding, y)
+        loss = paddle.mean(output[0] if loss_object.has_classifier else output)
         paddle.optimizer.Momentum(learning_rate, momentum=0.9).minimize(loss)
         exe = paddle.static.Executor(PLACE)
         exe.run(startup)

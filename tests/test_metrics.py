@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import metrics
+from core import metrics
 
 KS = (1, 2, 5, 10, 1000)
 
@@ -228,3 +228,16 @@ def test_default_keys():
     got = metrics.retrieval_metrics(np.eye(3), [0, 0, 1])
     assert list(got) == ["recall@1", "recall@10", "recall@100", "recall@1000", "map@r", "r_precision",
                          "num_queries", "num_no_positive"]
+
+
+def test_recall_topk_against_brute_force():
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(60, 5))
+    labels = rng.integers(0, 12, size=60)
+    normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
+    distances = ((normalised[:, None] - normalised[None]) ** 2).sum(-1)
+    np.fill_diagonal(distances, np.inf)
+    for k in (1, 3, 10):
+        nearest = np.argsort(distances, axis=1)[:, :k]
+        expected = np.mean([(labels[row] == labels[i]).any() for i, row in enumerate(nearest)])
+        assert metrics.recall_topk(features, labels, k=k) == pytest.approx(expected)

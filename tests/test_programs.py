@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-import programs
+from core import programs
 
 
 def learning_rates(scheduler, iterations):

@@ -6,10 +6,9 @@ import sys
 import time
 
 import paddle
-import pytest
 
 import infer
-import programs
+from core import programs
 import reader
 import train_elem
 import utility
@@ -64,7 +63,8 @@ def test_feature_extraction_counts_images(toy_root, monkeypatch):
     executor.run(feature_program.startup)
     total = num_test_images(toy_root)
     features, labels = programs.extract_features(executor, feature_program,
-                                                 reader.eval_batches(toy_root, 8, (3, 32, 32), num_workers=0),
+                                                 reader.eval_batches(reader.read_list(toy_root, reader.TEST_LIST), 8,
+                                                                     (3, 32, 32), num_workers=0),
                                                  num_images=total, description="test")
     assert features.shape == (total, 512) and len(labels) == total
     assert re.search(BAR % ("test", total), terminal.getvalue())

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_ops
+from core import image_ops
 import reader
 import tiny_program
-import worker_pool
+from core import worker_pool
 
 HEADER = "image_id class_id super_class_id path\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,6 +46,21 @@ def sop_root(tmp_path):
     write_tree(root, reader.TRAIN_LIST, num_classes=10, images_per_class=4)
     write_tree(root, reader.TEST_LIST, num_classes=7, images_per_class=3)
     return root
+
+
+def read_test_list(root):
+    return reader.read_list(root, reader.TEST_LIST)
+
+
+PLAIN = image_ops.Augmentation(crop_scale_min=1.0, random_flip=False, rotate=False)  # whole image, no flip
+
+
+def train_stream(root, batch_layout, batch_size, image_shape, augmentation=PLAIN, samples_each_class=2, seed=0,
+                 **options):
+    """reader.train_batches over the training list of `root`, with the sampler of `batch_layout`."""
+    image_list = reader.read_train_list(root)
+    sampler = reader.make_sampler(batch_layout, reader.train_labels(image_list), batch_size, samples_each_class, seed)
+    return reader.train_batches(image_list, sampler, image_shape, augmentation, seed=seed, **options)
 
 
 def decoded_class(images):
@@ -143,15 +158,15 @@ def test_class_balanced_sampler_structure_and_small_classes():
     assert seen_classes == {0, 2, 3, 4, 5, 7}
 
 
-@pytest.mark.parametrize("loss_name, batch_size, samples_each_class, words", [
-    ("eml", 7, 2, "--train_batch_size=7 must be a multiple of --samples_each_class=2"),
-    ("npairs", 40, 2, "needs 20 classes per batch, but only 10"),
-    ("triplet", 10, 2, "--train_batch_size=10 must be a multiple of 3"),
-    ("contrastive", 6, 2, "unknown --loss_name=contrastive"),
+@pytest.mark.parametrize("batch_layout, batch_size, samples_each_class, words", [
+    (reader.CLASS_BALANCED, 7, 2, "--train_batch_size=7 must be a multiple of --samples_each_class=2"),
+    (reader.CLASS_BALANCED, 40, 2, "needs 20 classes per batch, but only 10"),
+    (reader.TRIPLETS, 10, 2, "--train_batch_size=10 must be a multiple of 3"),
+    ("pairs", 6, 2, "unknown batch layout 'pairs'"),
 ])
-def test_sampler_configuration_errors_name_the_flag(loss_name, batch_size, samples_each_class, words):
+def test_sampler_configuration_errors_name_the_flag(batch_layout, batch_size, samples_each_class, words):
     with pytest.raises(ValueError, match=words):
-        reader.make_sampler(loss_name, np.repeat(np.arange(10), 3), batch_size, samples_each_class, 0)
+        reader.make_sampler(batch_layout, np.repeat(np.arange(10), 3), batch_size, samples_each_class, 0)
 
 
 # ---------------------------------------------------------------- decoding and augmentation
@@ -230,7 +245,7 @@ def test_train_transform_output_and_flip():
     left_bright = []
     for seed in range(40):
         out = np.empty((3, 24, 24), dtype=np.float32)
-        image_ops.process_train_image(image, out, 1.0, True, False, np.random.default_rng(seed))
+        image_ops.process_train_image(image, out, PLAIN._replace(random_flip=True), np.random.default_rng(seed))
         assert np.isfinite(out).all()
         left_bright.append(out[0, :, :4].mean() > out[0, :, -4:].mean())
     assert 5 < sum(left_bright) < 35  # flipped about half the time
@@ -240,15 +255,15 @@ def test_rotation_changes_the_image_and_keeps_the_shape():
     image = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))[:, :, None].repeat(3, 2))
     plain = np.empty((3, 32, 32), dtype=np.float32)
     rotated = np.empty((3, 32, 32), dtype=np.float32)
-    image_ops.process_train_image(image, plain, 1.0, False, False, np.random.default_rng(5))
-    image_ops.process_train_image(image, rotated, 1.0, False, True, np.random.default_rng(5))
+    image_ops.process_train_image(image, plain, PLAIN, np.random.default_rng(5))
+    image_ops.process_train_image(image, rotated, PLAIN._replace(rotate=True), np.random.default_rng(5))
     assert not np.allclose(plain, rotated)
 
 
 # ---------------------------------------------------------------- batch readers
 
 def test_eval_batches_keep_file_order_and_labels(sop_root):
-    batches = list(reader.eval_batches(sop_root, batch_size=4, image_shape=(3, 16, 16), num_workers=2))
+    batches = list(reader.eval_batches(read_test_list(sop_root), batch_size=4, image_shape=(3, 16, 16), num_workers=2))
     assert [len(labels) for _, labels in batches] == [4, 4, 4, 4, 4, 1]
     labels = np.concatenate([labels for _, labels in batches]).ravel()
     images = np.concatenate([images for images, _ in batches])
@@ -258,17 +273,15 @@ def test_eval_batches_keep_file_order_and_labels(sop_root):
 
 
 def test_infer_batches_yield_paths(sop_root):
-    batches = list(reader.infer_batches(sop_root, batch_size=5, image_shape=(3, 16, 16), num_workers=1))
+    batches = list(reader.infer_batches(read_test_list(sop_root), batch_size=5, image_shape=(3, 16, 16), num_workers=1))
     paths = sum([paths for _, paths in batches], [])
     assert len(paths) == 21
     assert paths[0] == os.path.join(sop_root, "mug_final/test_1_0.JPG")
 
 
-@pytest.mark.parametrize("loss_name", ["softmax", "triplet", "quadruplet"])
-def test_train_batches_labels_match_the_pixels(sop_root, loss_name):
-    stream = reader.train_batches(reader.read_train_list(sop_root), loss_name,
-                                  batch_size=6, image_shape=(3, 16, 16), num_workers=2,
-                                  crop_scale_min=1.0, random_flip=False)
+@pytest.mark.parametrize("batch_layout", reader.BATCH_LAYOUTS)
+def test_train_batches_labels_match_the_pixels(sop_root, batch_layout):
+    stream = train_stream(sop_root, batch_layout, 6, (3, 16, 16), num_workers=2)
     for _, (images, labels) in zip(range(4), stream):
         assert labels.shape == (6, 1) and labels.dtype == np.int64
         assert decoded_class(images).tolist() == (labels.ravel() + 1).tolist()
@@ -283,9 +296,8 @@ def take(stream, count):
 
 def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
     def stream(num_workers, start_batch=0):
-        return reader.train_batches(reader.read_train_list(sop_root), "eml",
-                                    batch_size=4, image_shape=(3, 16, 16), num_workers=num_workers,
-                                    seed=7, start_batch=start_batch, rotate=True)
+        return train_stream(sop_root, reader.CLASS_BALANCED, 4, (3, 16, 16), image_ops.Augmentation(0.08, True, True),
+                            num_workers=num_workers, seed=7, start_batch=start_batch)
     inline = take(stream(0), 5)
     parallel = take(stream(2), 5)
     resumed = take(stream(2, start_batch=3), 2)
@@ -298,9 +310,8 @@ def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
 
 def test_ranks_split_each_global_batch(sop_root):
     def labels_of(rank, world_size):
-        stream = reader.train_batches(reader.read_train_list(sop_root), "npairs",
-                                      batch_size=8, image_shape=(3, 8, 8), num_workers=0,
-                                      rank=rank, world_size=world_size)
+        stream = train_stream(sop_root, reader.CLASS_BALANCED, 8, (3, 8, 8), num_workers=0, rank=rank,
+                              world_size=world_size)
         return np.concatenate([labels for _, labels in take(stream, 3)]).ravel()
 
     whole = labels_of(0, 1).reshape(3, 8)
@@ -314,17 +325,13 @@ def test_bad_training_images_are_replaced_then_fatal(sop_root, capsys):
     os.remove(os.path.join(sop_root, "mug_final/train_1_0.JPG"))
     with open(os.path.join(sop_root, "mug_final/train_2_0.JPG"), "wb") as broken:
         broken.write(b"\xff\xd8\xff\xe0 not really a jpeg")
-    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax",
-                                  batch_size=40, image_shape=(3, 8, 8), num_workers=1,
-                                  crop_scale_min=1.0, random_flip=False)
+    stream = train_stream(sop_root, reader.SHUFFLED, 40, (3, 8, 8), num_workers=1)
     images, labels = next(stream)
     stream.close()
     assert decoded_class(images).tolist() == (labels.ravel() + 1).tolist()  # replaced within the class
     warnings = capsys.readouterr().err
     assert "train_1_0.JPG" in warnings and "train_2_0.JPG" in warnings
-    strict = reader.train_batches(reader.read_train_list(sop_root), "softmax",
-                                  batch_size=40, image_shape=(3, 8, 8), num_workers=1,
-                                  max_bad_images=1)
+    strict = train_stream(sop_root, reader.SHUFFLED, 40, (3, 8, 8), num_workers=1, max_bad_images=1)
     with pytest.raises(reader.TooManyBadImagesError, match="--max_bad_images=1"):
         next(strict)
 
@@ -332,9 +339,9 @@ def test_bad_training_images_are_replaced_then_fatal(sop_root, capsys):
 def test_unreadable_eval_image_is_an_error_naming_the_file(sop_root):
     os.remove(os.path.join(sop_root, "mug_final/test_3_1.JPG"))
     with pytest.raises(worker_pool.WorkerError, match="test_3_1.JPG"):
-        list(reader.eval_batches(sop_root, batch_size=4, image_shape=(3, 8, 8), num_workers=2))
+        list(reader.eval_batches(read_test_list(sop_root), batch_size=4, image_shape=(3, 8, 8), num_workers=2))
     with pytest.raises(image_ops.BadImageError, match="test_3_1.JPG"):
-        list(reader.eval_batches(sop_root, batch_size=4, image_shape=(3, 8, 8), num_workers=0))
+        list(reader.eval_batches(read_test_list(sop_root), batch_size=4, image_shape=(3, 8, 8), num_workers=0))
     assert multiprocessing.active_children() == []
 
 
@@ -411,8 +418,7 @@ def sleepy_work(task, out):
 
 
 def test_closing_the_stream_early_leaves_no_workers(sop_root):
-    stream = reader.train_batches(reader.read_train_list(sop_root), "softmax",
-                                  batch_size=4, image_shape=(3, 8, 8), num_workers=2)
+    stream = train_stream(sop_root, reader.SHUFFLED, 4, (3, 8, 8), num_workers=2)
     next(stream)
     assert len(multiprocessing.active_children()) == 2
     stream.close()
@@ -420,8 +426,11 @@ def test_closing_the_stream_early_leaves_no_workers(sop_root):
 
 
 def test_a_pool_nobody_closed_does_not_hang_the_exit(sop_root):
-    script = ("import sys; sys.path.insert(0, %r); import reader\n"
-              "stream = reader.train_batches(reader.read_train_list(%r), 'softmax', 4, (3, 8, 8), num_workers=2)\n"
+    script = ("import sys; sys.path.insert(0, %r); import reader; from core import image_ops\n"
+              "image_list = reader.read_train_list(%r)\n"
+              "sampler = reader.make_sampler('shuffled', reader.train_labels(image_list), 4, 1, 0)\n"
+              "stream = reader.train_batches(image_list, sampler, (3, 8, 8), image_ops.Augmentation(0.08, True, False), "
+              "num_workers=2)\n"
               "next(stream)\n"
               "print('exiting with the stream open', flush=True)\n") % (ROOT, sop_root)
     started = time.monotonic()

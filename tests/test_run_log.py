@@ -7,7 +7,7 @@ import sys
 import paddle
 import pytest
 
-import run_log
+from core import run_log
 import train_elem
 from script_tools import train_flags
 

@@ -204,7 +204,8 @@ def test_exported_model_gives_infer_features(toy_root, trained_checkpoint, tmp_p
     program, feed_names, fetch_targets = paddle.static.load_inference_model(os.path.join(export_dir, "inference"),
                                                                             executor)
     exported = [np.asarray(executor.run(program, feed={feed_names[0]: images}, fetch_list=fetch_targets)[0])
-                for images, _ in reader.eval_batches(toy_root, 9, (3, 32, 32), num_workers=0)]
+                for images, _ in reader.eval_batches(reader.read_list(toy_root, reader.TEST_LIST), 9, (3, 32, 32),
+                                                            num_workers=0)]
     np.testing.assert_allclose(np.concatenate(exported), np.load(features_path), rtol=1e-5, atol=1e-5)
 
 

@@ -1,9 +1,6 @@
 """Flag parsing helpers."""
 import argparse
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -50,25 +47,16 @@ def test_flag_error_exits_2_naming_the_flag(capsys):
     assert capsys.readouterr().err == "error: --lr_steps: must increase\n"
 
 
-def test_recall_topk_against_brute_force():
-    import numpy as np
-    rng = np.random.default_rng(4)
-    features = rng.normal(size=(60, 5))
-    labels = rng.integers(0, 12, size=60)
-    normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
-    distances = ((normalised[:, None] - normalised[None]) ** 2).sum(-1)
-    np.fill_diagonal(distances, np.inf)
-    for k in (1, 3, 10):
-        nearest = np.argsort(distances, axis=1)[:, :k]
-        expected = np.mean([(labels[row] == labels[i]).any() for i, row in enumerate(nearest)])
-        assert utility.recall_topk(features, labels, k=k) == pytest.approx(expected)
-
-
-def test_scripts_start_without_paddles_thread_warning_and_with_all_cores():
-    environment = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
-    result = subprocess.run([sys.executable, "-c", "import utility, os; print(os.environ['OMP_NUM_THREADS'])"],
-                            cwd=os.path.dirname(os.path.abspath(utility.__file__)), env=environment,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == str(os.cpu_count())
-    assert "OMP_NUM_THREADS" not in result.stderr
+def test_flags_are_checked_on_parsing_and_added_once(capsys):
+    count = utility.Flag("count", int, 1, "How many.", utility.positive)
+    parser = utility.ArgumentParser()
+    parser.add_flags([count, count], count=3)  # a flag two groups share is added once
+    assert parser.parse_args([]).count == 3
+    with pytest.raises(SystemExit) as caught:
+        parser.parse_args(["--count=0"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == "error: --count: must be positive, got 0\n"
+    with pytest.raises(ValueError, match="--count is declared twice"):
+        parser.add_flags([utility.Flag("count", int, 2, "Another.")])
+    with pytest.raises(ValueError, match="does not take: size"):
+        utility.ArgumentParser().add_flags([count], size=4)

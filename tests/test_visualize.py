@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 import eval as eval_script
-import programs
+from core import programs
 import reader
-import visualize
+from core import visualize
 
 FRAMED = visualize.TILE + 2 * visualize.BORDER
 # Five images whose features are unit vectors at these angles (degrees), with these labels.
@@ -154,7 +154,8 @@ def features_of(flags, root, list_name):
     args = eval_script.make_parser().parse_args(flags)
     executor, feature_program = programs.load_feature_program(args, log=lambda message: None)
     features, labels = programs.extract_features(
-        executor, feature_program, reader.eval_batches(root, 8, (3, 32, 32), num_workers=0, list_name=list_name))
+        executor, feature_program,
+        reader.eval_batches(reader.read_list(root, list_name), 8, (3, 32, 32), num_workers=0))
     return features, labels.ravel()
 
 

@@ -7,6 +7,11 @@ import paddle
 TinyProgram = collections.namedtuple("TinyProgram", "program startup executor train_step")
 
 
+def program_values(program):
+    """Every variable of `program` as a NumPy array, by name."""
+    return {name: np.array(tensor) for name, tensor in program.state_dict().items()}
+
+
 def build_tiny_program():
     paddle.enable_static()
     with paddle.utils.unique_name.guard():

@@ -130,6 +130,12 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     return ranks.summary(positives.num > 0, ks)
 
 
+def recall_topk(fea, lab, k=1):
+    """Recall@k as the original's utility.recall_topk: L2-normalised features, Euclidean distance, the query itself
+    excluded; computed exactly in blocks, ties between a positive and a negative counting against the positive."""
+    return retrieval_metrics(fea, lab, recall_ks=(k,))["recall@%d" % k]
+
+
 class _Positives:
     """Gallery items grouped by label: the positives of a query are one run of `order`."""
 

@@ -8,10 +8,11 @@ import json
 import os
 import sys
 
-import utility  # first: sets the CPU thread count before paddle is imported
 import paddle
 
-SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+import utility
+
+SOURCE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _read_text(path):

@@ -11,10 +11,9 @@ import os
 import numpy as np
 import paddle
 
-import distributed
 import models
-import onednn
 import utility
+from core import distributed, onednn, pretrained
 
 TrainProgram = collections.namedtuple("TrainProgram", "program startup image label feature loss accuracies scheduler")
 FeatureProgram = collections.namedtuple("FeatureProgram", "program startup image feature")
@@ -65,8 +64,8 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
     """Network, loss and Momentum with L2 decay as the original, its learning rate from `scheduler`
     (`make_lr_scheduler`).
 
-    `loss` is a `losses` object; element losses (softmax, arcmargin) return per-sample losses and class
-    probabilities, from which top-1 and top-5 accuracy are computed; pair losses return the loss to average.
+    `loss` is a `losses.Loss`; one with a classifier head returns per-sample losses and class probabilities, from
+    which top-1 and top-5 accuracy are computed; the others return the losses to average.
     `amp_dtype` ('float16' or 'bfloat16') runs the network in Paddle's O1 automatic mixed precision, the loss in
     float32. With `world_size` > 1 the gradients are averaged over the data-parallel processes, and the loss and
     accuracies the program reports are their averages over the processes, as the original averaged over GPUs.
@@ -84,7 +83,7 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
                 feature = feature.astype("float32")
             result = loss.loss(feature, label)
             accuracies = []
-            if isinstance(result, tuple):
+            if loss.has_classifier:
                 per_sample, probabilities = result
                 avg_loss = paddle.mean(per_sample)
                 top_k = min(5, probabilities.shape[1])
@@ -152,48 +151,12 @@ def extract_features(executor, feature_program, batches, num_images=None, descri
     return np.concatenate(features), joined_tags
 
 
-def add_feature_arguments(parser, batch_size_default, runs_network=True):
-    """Flags of the scripts that only run the feature program: eval.py, infer.py, export_model.py.
-
-    export_model.py (`runs_network=False`) gets no --use_mkldnn: it writes the portable program, with Paddle's
-    standard ops only, which Paddle Inference runs with oneDNN on a CPU just as eval.py and infer.py do.
-    """
-    from utility import add_arguments, cuda_is_compiled, parse_image_shape
-    add_arguments("model", str, "ResNet50", "Backbone, as in training.", parser)
-    add_arguments("embedding_size", int, 0, "Embedding size, as in training (0: the pooled feature).", parser)
-    add_arguments("batch_size", int, batch_size_default, "Mini-batch size.", parser)
-    add_arguments("image_shape", parse_image_shape, (3, 224, 224), "Input image shape C,H,W.", parser)
-    add_arguments("use_gpu", bool, cuda_is_compiled(), "Whether to use GPU (default: whether this Paddle was "
-                  "built with CUDA).", parser)
-    if runs_network:
-        add_arguments("use_mkldnn", bool, True, "On CPU, run the convolutions with oneDNN (several times faster, "
-                      "same features up to float32 rounding); ignored on GPU.", parser)
-    add_arguments("pretrained_model", str, None, "Weights to use: a checkpoint directory, a .pdparams file or a "
-                  "directory of Fluid variable files.", parser)
-    add_arguments("data_dir", str, "./data/Stanford_Online_Products/", "Data root holding Ebay_test.txt.", parser)
-    add_arguments("num_workers", int, 2, "Image decoding processes (0: decode in the main process).", parser)
-
-
-def check_feature_arguments(args):
-    from utility import flag_error
-    if args.model not in models.MODELS:
-        flag_error("model", "%r is not one of %s" % (args.model, ", ".join(models.MODELS)))
-    if args.batch_size <= 0:
-        flag_error("batch_size", "must be positive, got %d" % args.batch_size)
-    if args.embedding_size < 0 or args.num_workers < 0:
-        flag_error("embedding_size" if args.embedding_size < 0 else "num_workers", "must not be negative")
-    if args.image_shape[0] != 3:
-        flag_error("image_shape", "images are decoded as RGB, so C must be 3, got %s"
-                   % ",".join(map(str, args.image_shape)))
-
-
-def load_feature_program(args, log):
+def load_feature_program(args, log, use_mkldnn=False):
     """Builds the feature program, initialises it and loads `--pretrained_model`; returns (executor, program).
 
-    With --use_mkldnn on CPU the executor is an `onednn.InferenceExecutor`: the weights are final here, so Paddle
+    With `use_mkldnn` on CPU the executor is an `onednn.InferenceExecutor`: the weights are final here, so Paddle
     Inference's predictor may fold and fuse them, the fastest way Paddle has to run the program on a CPU.
     """
-    import checkpoint
     paddle.enable_static()
     # Without --pretrained_model the network is a random one: the same random one every run (training's default
     # --seed), so that its scores can be compared and reproduced.
@@ -202,9 +165,9 @@ def load_feature_program(args, log):
     executor = paddle.static.Executor(make_place(args.use_gpu))
     executor.run(feature_program.startup)
     if args.pretrained_model:
-        checkpoint.load_pretrained(feature_program.program, args.pretrained_model, log=log)
+        pretrained.load_pretrained(feature_program.program, args.pretrained_model, log=log)
     else:
         log("no --pretrained_model: using randomly initialised weights")
-    if onednn.wanted(args.use_gpu, getattr(args, "use_mkldnn", False)):
+    if onednn.wanted(args.use_gpu, use_mkldnn):
         return onednn.InferenceExecutor(feature_program, executor), feature_program
     return executor, feature_program

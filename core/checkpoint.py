@@ -1,4 +1,4 @@
-"""Checkpoints (atomic save, exact resume) and loading pretrained weights by name.
+"""Checkpoints: atomic save, exact resume, and the lock that keeps two runs out of one directory.
 
 A checkpoint is a directory `model_save_dir/<model>/<iteration>/` holding `model.pdparams` (parameters and batch-norm
 statistics), `model.pdopt` (momentum), `model.json` (the program) and `trainer_state.json` (iteration, learning-rate
@@ -6,35 +6,21 @@ schedule, flags, and the size and CRC-32 of each model file). It is written into
 renamed into place only once complete, so a crash or Ctrl-C during a save leaves the previous checkpoint as it was; a
 file truncated or corrupted later is caught on load, by name. A lock file in `model_save_dir/<model>` keeps a second
 training run from saving into the same directory.
-
-Pretrained weights come from any of three sources, matched by variable name and shape:
-- a checkpoint directory of this suite (train_elem's output feeding train_pair);
-- a Paddle `.pdparams` file (or its prefix);
-- a directory of per-variable files in the Fluid `save_persistables` format, which is what the original's
-  ImageNet `*_pretrained.tar` files unpack to.
 """
 import fcntl
 import json
 import os
-import pickletools
 import shutil
-import struct
 import zlib
 
-import numpy as np
 import paddle
+
+from core.weights import CheckpointError, read_program_state  # noqa: F401  (CheckpointError: the error of both)
 
 MODEL_PREFIX = "model"
 STATE_FILE = "trainer_state.json"
 CHECKSUMS_KEY = "checksums"
 LOCK_FILE = "train.lock"
-# Optimizer state, the learning rate and float16 AMP's loss scaling belong to a run, not to a model: never taken
-# from pretrained weights.
-RUN_STATE_MARKERS = ("_velocity_", "learning_rate_", "loss_scaling_", "num_good_steps_", "num_bad_steps_")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint or weights file that cannot be used; the message names the file."""
 
 
 def _fsync_directory(directory):
@@ -61,7 +47,7 @@ def _file_checksum(path):
     return {"bytes": os.path.getsize(path), "crc32": checksum}
 
 
-def _verify_files(directory, checksums):
+def verify_files(directory, checksums):
     """Compares each file with the size and CRC-32 recorded when the checkpoint was saved."""
     for name, saved in sorted(checksums.items()):
         path = os.path.join(directory, name)
@@ -123,31 +109,7 @@ def find_checkpoint(path):
     raise CheckpointError("%s: not a checkpoint (no %s in it or in a numbered sub-directory)" % (path, STATE_FILE))
 
 
-def _first_unreadable(prefix):
-    """Which of the pickles load_program_state reads is damaged; pickletools parses them without running them."""
-    for path in (prefix + ".pdparams", prefix + ".pdopt"):
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path, "rb") as handle:
-                for _ in pickletools.genops(handle):
-                    pass
-        except Exception:
-            return path
-    return prefix + ".pdparams"
-
-
-def _read_program_state(prefix):
-    try:
-        state = paddle.static.load_program_state(prefix)
-        # Files saved from a dynamic graph also hold a dict of structured names, which is no variable.
-        return {name: value for name, value in state.items() if isinstance(value, np.ndarray)}
-    except Exception as error:
-        raise CheckpointError("%s: cannot be read (%s: %s); the file is truncated or not a Paddle checkpoint"
-                              % (_first_unreadable(prefix), type(error).__name__, error)) from None
-
-
-def _read_trainer_state(directory):
+def read_trainer_state(directory):
     state_path = os.path.join(directory, STATE_FILE)
     try:
         with open(state_path) as state_file:
@@ -162,9 +124,9 @@ def _read_trainer_state(directory):
 def load_checkpoint(program, path):
     """Restores every persistable of `program` from a checkpoint for an exact resume; returns its trainer state."""
     directory = find_checkpoint(path)
-    trainer_state = _read_trainer_state(directory)
-    _verify_files(directory, trainer_state.pop(CHECKSUMS_KEY, {}))
-    saved = _read_program_state(os.path.join(directory, MODEL_PREFIX))
+    trainer_state = read_trainer_state(directory)
+    verify_files(directory, trainer_state.pop(CHECKSUMS_KEY, {}))
+    saved = read_program_state(os.path.join(directory, MODEL_PREFIX))
     expected = {name: tuple(value.shape()) for name, value in program.state_dict().items()}
     missing = sorted(set(expected) - set(saved))
     wrong_shape = sorted(name for name in expected if name in saved and tuple(saved[name].shape) != expected[name])
@@ -174,88 +136,6 @@ def load_checkpoint(program, path):
                               "--pretrained_model" % (directory, missing[:5], wrong_shape[:5]))
     paddle.static.set_program_state(program, {name: saved[name] for name in expected})
     return trainer_state
-
-
-# Fluid's VarType enum values for the dtypes a saved tensor can have.
-FLUID_DTYPES = {0: np.bool_, 1: np.int16, 2: np.int32, 3: np.int64, 4: np.float16, 5: np.float32, 6: np.float64,
-                20: np.uint8, 21: np.int8}
-
-
-def read_fluid_variable(path):
-    """Reads one file of Fluid's per-variable format: versions, LoD, a TensorDesc protobuf, then raw data."""
-    from paddle.base.proto import framework_pb2
-    with open(path, "rb") as handle:
-        blob = handle.read()
-    try:
-        offset = 4  # uint32 format version
-        (lod_levels,) = struct.unpack_from("<Q", blob, offset)
-        offset += 8
-        for _ in range(lod_levels):
-            (level_bytes,) = struct.unpack_from("<Q", blob, offset)
-            offset += 8 + level_bytes
-        offset += 4  # uint32 tensor version
-        (desc_size,) = struct.unpack_from("<i", blob, offset)
-        offset += 4
-        desc = framework_pb2.VarType.TensorDesc()
-        desc.ParseFromString(blob[offset:offset + desc_size])
-        offset += desc_size
-        dtype = np.dtype(FLUID_DTYPES[desc.data_type])
-        shape = tuple(desc.dims)
-        count = int(np.prod(shape)) if shape else 1
-        if len(blob) - offset != count * dtype.itemsize:
-            raise ValueError("%d data bytes for shape %s of %s" % (len(blob) - offset, shape, dtype))
-        return np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(shape).copy()
-    except Exception as error:  # struct, protobuf, dtype and size errors all mean the same thing here
-        raise CheckpointError("%s: not a Fluid variable file (%s)" % (path, error)) from None
-
-
-def read_weights(path):
-    """Returns `{name: ndarray}` from any supported source and a short description of what it was."""
-    if not os.path.exists(path) and not os.path.exists(path + ".pdparams"):
-        raise CheckpointError("%s: no such file or directory" % path)
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, MODEL_PREFIX + ".pdparams")):
-        if os.path.isfile(os.path.join(path, STATE_FILE)):
-            _verify_files(path, _read_trainer_state(path).get(CHECKSUMS_KEY, {}))
-        return _read_program_state(os.path.join(path, MODEL_PREFIX)), "checkpoint directory"
-    if os.path.isdir(path) and any(name.isdigit() for name in os.listdir(path)):
-        return read_weights(find_checkpoint(path))
-    if os.path.isdir(path):
-        weights = {}
-        for name in sorted(os.listdir(path)):
-            file_path = os.path.join(path, name)
-            if os.path.isfile(file_path) and not name.startswith("."):
-                weights[name] = read_fluid_variable(file_path)
-        return weights, "directory of Fluid variable files"
-    prefix = path[:-len(".pdparams")] if path.endswith(".pdparams") else path
-    return _read_program_state(prefix), ".pdparams file"
-
-
-def load_pretrained(program, path, log=print):
-    """Loads every model variable of `program` found in `path` with the same name and shape.
-
-    Prints how many were loaded, missing, of another shape and unused; loading nothing is an error.
-    """
-    weights, kind = read_weights(path)
-    expected = {name: tuple(value.shape()) for name, value in program.state_dict().items()
-                if not any(marker in name for marker in RUN_STATE_MARKERS)}
-    loaded = {name: weights[name] for name in expected
-              if name in weights and tuple(weights[name].shape) == expected[name]}
-    wrong_shape = sorted(name for name in expected if name in weights and name not in loaded)
-    missing = sorted(name for name in expected if name not in weights)
-    unused = sorted(name for name in weights if name not in expected and
-                    not any(marker in name for marker in RUN_STATE_MARKERS))
-    if not loaded:
-        raise CheckpointError("%s: no variable of this model found in the %s (%d variables in it, e.g. %s)"
-                              % (path, kind, len(weights), sorted(weights)[:3]))
-    paddle.static.set_program_state(program, loaded)
-    log("pretrained %s (%s): loaded %d, missing %d, shape-mismatched %d, unused %d"
-        % (path, kind, len(loaded), len(missing), len(wrong_shape), len(unused)))
-    for name in wrong_shape:
-        log("  shape mismatch, kept initialised: %s %s in file, %s in model"
-            % (name, tuple(weights[name].shape), expected[name]))
-    if missing:
-        log("  missing, kept initialised: %s" % ", ".join(missing[:10] + (["..."] if len(missing) > 10 else [])))
-    return {"loaded": len(loaded), "missing": len(missing), "mismatched": len(wrong_shape), "unused": len(unused)}
 
 
 class SaveDirLock:

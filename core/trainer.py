@@ -1,25 +1,23 @@
-"""The one training core behind train_elem.py and train_pair.py: build programs → run the loop → log, test, save.
+"""The one training core behind train_elem.py and train_pair.py: check → build programs → run the loop → log, test,
+save.
 
-The front ends only declare their flags and defaults (training_flags.py) and turn `--loss_name` into a loss object.
+The front ends only choose their losses (with or without a classifier head) and the defaults that differ between them.
 """
+import argparse
+import collections
 import contextlib
 import os
 import signal
 import sys
 import time
 
-import utility  # first: sets the CPU thread count before paddle is imported
 import numpy as np
 import paddle
 
-import checkpoint
-import distributed
 import losses
-import onednn
-import programs
 import reader
-import run_log
-import training_flags
+import utility
+from core import checkpoint, distributed, flags, image_ops, metrics, onednn, pretrained, programs, run_log
 from utility import flag_error, log
 
 BEST_CHECKPOINT = "best"  # model_save_dir/<model>/best: the weights of the best test Recall@1
@@ -87,36 +85,70 @@ def test_recall(executor, feature_program, test_list, args):
     """Recall@1 of the images of `test_list` (an `reader.ImageList`) searching each other; returns (images, recall)."""
     features, labels = programs.extract_features(
         executor, feature_program,
-        reader.eval_batches(args.data_dir, args.test_batch_size, args.image_shape, args.num_workers,
-                            list_name=os.path.abspath(test_list.list_path)),
+        reader.eval_batches(test_list, args.test_batch_size, args.image_shape, args.num_workers),
         len(test_list.paths), "test")
-    return len(features), utility.recall_topk(features, labels.ravel(), k=1)
+    return len(features), metrics.recall_topk(features, labels.ravel(), k=1)
+
+
+def make_parser(description, has_classifier, defaults, extra_flags=()):
+    """The parser of a training script: the shared training flags with its `defaults`, --loss_name over the
+    registered losses with (train_elem.py) or without (train_pair.py) a classifier head, and those losses' flags."""
+    parser = utility.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_flags(flags.TRAINING + (flags.loss_name(losses.names(has_classifier)),) + tuple(extra_flags),
+                     **defaults)
+    losses.add_arguments(parser, has_classifier)
+    return parser
+
+
+TrainingData = collections.namedtuple("TrainingData", "loss train_list sampler test_list")
+
+
+def build_loss(args):
+    """The --loss_name loss from the registry, for this process's share of each batch."""
+    batch_size = flags.per_process_batch_size(args)
+    try:
+        return losses.LOSSES[args.loss_name].from_flags(args, batch_size)
+    except ValueError as error:  # the message starts with the offending --flag=value
+        if batch_size != args.train_batch_size:
+            error = "%s (the share of each of %d processes of --train_batch_size=%d)" % (
+                error, args.train_batch_size // batch_size, args.train_batch_size)
+        utility.usage_error(str(error))
+
+
+def prepare(args, rank=0):
+    """The loss, the parsed lists and the batch sampler: everything the flags and the data must agree on, checked
+    before anything is built or written. A flag that does not fit the data stops with exit code 2 naming it."""
+    loss = build_loss(args)
+    train_list = reader.read_train_list(args.data_dir)
+    labels = reader.train_labels(train_list)
+    try:
+        loss.check_labels(labels)
+        sampler = reader.make_sampler(loss.batch_layout, labels, args.train_batch_size, loss.samples_each_class,
+                                      args.seed)
+    except ValueError as error:
+        utility.usage_error("%s (classes of %s)" % (error, train_list.list_path))
+    # Read now, so that a bad --test_list stops the run before it trains, not at its first test hours later; the
+    # first process alone tests.
+    test_list = reader.read_list(args.data_dir, args.test_list) if rank == 0 else None
+    return TrainingData(loss, train_list, sampler, test_list)
 
 
 class TrainingRun:
     """One run of training: its programs, executor and position, built from the flags."""
 
-    def __init__(self, args, loss):
+    def __init__(self, args, data):
         self.args = args
+        self.data = data
+        self.augmentation = image_ops.Augmentation(args.crop_scale_min, args.random_flip, args.rotate)
         self.rank, self.world_size = distributed.init()
         # Every process trains; the first one alone logs, tests and saves.
         self.log = log if self.rank == 0 else (lambda message: None)
         self.scalars = run_log.ScalarLog(args.vdl_log_dir if self.rank == 0 else None)
         paddle.enable_static()
         paddle.seed(args.seed)
-        self.train_list = reader.read_train_list(args.data_dir)
-        # Read now, so that a bad --test_list stops the run before it trains, not at its first test hours later.
-        self.test_list = (reader.read_image_list(os.path.join(args.data_dir, args.test_list), args.data_dir)
-                          if self.rank == 0 else None)  # the first process alone tests
-        self.elementwise = args.loss_name in reader.ELEMENT_LOSSES
-        if self.elementwise:
-            try:
-                losses.check_labels(self.train_list.class_ids - 1, args.class_dim)
-            except ValueError as error:
-                utility.usage_error("%s (classes of %s)" % (error, self.train_list.list_path))
         scheduler = programs.make_lr_scheduler(args.lr, args.lr_steps, args.lr_strategy, args.warmup_iter_num,
                                                args.total_iter_num)
-        self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, loss,
+        self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, data.loss,
                                                           scheduler, args.seed,
                                                           amp_dtype=args.amp_dtype if args.use_amp else None,
                                                           world_size=self.world_size)
@@ -129,7 +161,7 @@ class TrainingRun:
         self.stop_vote = distributed.StopVote(self.executor) if self.world_size > 1 else None
         if self.world_size > 1:
             self.log("data parallel over %d processes, %d images each per batch"
-                     % (self.world_size, training_flags.per_process_batch_size(args)))
+                     % (self.world_size, flags.per_process_batch_size(args)))
         self.iteration = 0
         self.last_saved = None
         self.best_recall = None  # the best test Recall@1 of this run so far, --checkpoint's included
@@ -146,7 +178,7 @@ class TrainingRun:
             scheduler.set_state_dict(state["lr_scheduler"])
             self.log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
         elif args.pretrained_model:
-            checkpoint.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
+            pretrained.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
         self.saved_iteration = self.iteration  # what this iteration's state is, is on disk already or untrained
         if self.rank == 0:
             config = run_log.write_run_config(os.path.join(args.model_save_dir, args.model), args, self.iteration)
@@ -182,7 +214,7 @@ class TrainingRun:
         # On CPU a predictor made from this iteration's weights: it takes a second or two to make, and extracts
         # features 1.1 to 1.5 times as fast as the feature program with its own image ops on oneDNN did (README).
         executor = onednn.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn else self.executor
-        num_images, recall = test_recall(executor, self.feature_program, self.test_list, self.args)
+        num_images, recall = test_recall(executor, self.feature_program, self.data.test_list, self.args)
         log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
         self.scalars.add(self.iteration, {"test/recall@1": recall})
         if self.args.save_best and (self.best_recall is None or recall > self.best_recall):
@@ -194,11 +226,8 @@ class TrainingRun:
 
     def batches(self):
         args = self.args
-        return reader.train_batches(self.train_list, args.loss_name, args.train_batch_size, args.image_shape,
-                                    samples_each_class=getattr(args, "samples_each_class", 1),
-                                    num_workers=args.num_workers, seed=args.seed,
-                                    crop_scale_min=args.crop_scale_min, random_flip=args.random_flip,
-                                    rotate=args.rotate, max_bad_images=args.max_bad_images,
+        return reader.train_batches(self.data.train_list, self.data.sampler, args.image_shape, self.augmentation,
+                                    num_workers=args.num_workers, seed=args.seed, max_bad_images=args.max_bad_images,
                                     start_batch=self.iteration, rank=self.rank, world_size=self.world_size)
 
     def step(self, images, labels, fetch_feature):
@@ -221,11 +250,11 @@ class TrainingRun:
     def log_window(self, window, lr, features, labels):
         means = window.means()
         scalars = {"train/loss": means[0], "train/lr": lr}
-        if self.elementwise:
+        if self.data.loss.has_classifier:
             measures = "loss %.6f, acc1 %.4f, acc5 %.4f" % tuple(means)
             scalars.update({"train/acc1": means[1], "train/acc5": means[2]})
         else:
-            recall = utility.recall_topk(features, labels.ravel(), k=1)
+            recall = metrics.recall_topk(features, labels.ravel(), k=1)
             measures = "loss %.6f, recall %.4f" % (means[0], recall)
             scalars["train/recall@1"] = recall
         log("trainbatch %d, lr %.6f, %s, time %2.2f sec"
@@ -252,7 +281,8 @@ class TrainingRun:
             while self.iteration < args.total_iter_num and not self.stop_agreed(stop):
                 images, labels = next(batches)
                 display = self.rank == 0 and (self.iteration + 1) % args.display_iter_step == 0
-                lr, values, features = self.step(images, labels, fetch_feature=display and not self.elementwise)
+                lr, values, features = self.step(images, labels,
+                                                 fetch_feature=display and not self.data.loss.has_classifier)
                 window.add(values)
                 if display:
                     self.log_window(window, lr, features, labels)
@@ -278,23 +308,26 @@ class TrainingRun:
 TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError)
 
 
-def train(args, loss):
-    """Trains with `loss` (a `losses` object) as the flags say; returns the final checkpoint directory."""
+def train(args):
+    """Trains as the parsed flags say; returns the final checkpoint directory."""
+    flags.check_training(args)
     rank = paddle.distributed.ParallelEnv().rank
     if rank == 0:
         utility.print_arguments(args)
-    utility.check_cuda(args.use_gpu)
-    save_dir = os.path.join(args.model_save_dir, args.model)
-    # The first process alone saves, so it alone locks the directory.
-    lock = checkpoint.SaveDirLock(save_dir, args.force, log) if rank == 0 else contextlib.nullcontext()
-    with utility.exit_on(*TRAINING_FAILURES), lock:
-        run = TrainingRun(args, loss)
-        try:
-            return run.run()
-        except reader.READ_ERRORS:
-            # The model is intact, only its input failed: keep what was trained.
-            if run.saved_iteration != run.iteration:
-                run.save()
-            if run.last_saved:
-                log("the reader failed at iteration %d; resume with --checkpoint=%s" % (run.iteration, run.last_saved))
-            raise
+    with utility.exit_on(*TRAINING_FAILURES):
+        data = prepare(args, rank)
+        save_dir = os.path.join(args.model_save_dir, args.model)
+        # The first process alone saves, so it alone locks the directory.
+        lock = checkpoint.SaveDirLock(save_dir, args.force, log) if rank == 0 else contextlib.nullcontext()
+        with lock:
+            run = TrainingRun(args, data)
+            try:
+                return run.run()
+            except reader.READ_ERRORS:
+                # The model is intact, only its input failed: keep what was trained.
+                if run.saved_iteration != run.iteration:
+                    run.save()
+                if run.last_saved:
+                    log("the reader failed at iteration %d; resume with --checkpoint=%s"
+                        % (run.iteration, run.last_saved))
+                raise

@@ -10,7 +10,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-import metrics
+from core import metrics
 
 TILE = 96                     # side of the square area an image is fitted into
 BORDER = 4                    # frame around each tile, coloured by class agreement

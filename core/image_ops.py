@@ -4,6 +4,7 @@ Train: optional rotation (±10°), random-resized crop, horizontal flip. Test: r
 Both end in RGB scaled to [0, 1], minus the ImageNet mean, divided by its std, as the original suite did.
 Randomness comes only from the `rng` argument, so a batch decodes identically whichever worker gets it.
 """
+import collections
 import math
 
 import numpy as np
@@ -15,6 +16,10 @@ ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_ROTATION_DEGREES = 10
 # The original evaluated 224-px crops from images whose short side was resized to 256.
 TEST_RESIZE_RATIO = 256.0 / 224.0
+
+
+# Training augmentation, built once from --crop_scale_min, --random_flip and --rotate.
+Augmentation = collections.namedtuple("Augmentation", "crop_scale_min random_flip rotate")
 
 
 class BadImageError(Exception):
@@ -104,14 +109,14 @@ def normalize(image, out):
     out /= IMAGENET_STD
 
 
-def process_train_image(image, out, scale_min, random_flip, rotate, rng):
-    """Augments one decoded training image into `out`."""
+def process_train_image(image, out, augmentation, rng):
+    """Augments one decoded training image into `out` as `augmentation` says."""
     _, height, width = out.shape
-    if rotate:
+    if augmentation.rotate:
         angle = int(rng.integers(-MAX_ROTATION_DEGREES, MAX_ROTATION_DEGREES + 1))
         image = image.rotate(angle, resample=Image.BILINEAR)
-    image = random_resized_crop(image, height, width, scale_min, rng)
-    if random_flip and rng.integers(0, 2) == 1:
+    image = random_resized_crop(image, height, width, augmentation.crop_scale_min, rng)
+    if augmentation.random_flip and rng.integers(0, 2) == 1:
         image = image.transpose(Image.FLIP_LEFT_RIGHT)
     normalize(image, out)
 

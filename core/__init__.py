@@ -1,0 +1,19 @@
+"""The library behind the commands (train_elem.py, train_pair.py, eval.py, infer.py, export_model.py, demo.py).
+
+    paddle_env   thread counts and log level, set before Paddle is imported (importing `core` does it first)
+    flags        every command-line flag, declared and checked once
+    trainer      the one training loop: programs -> steps -> log, test, save
+    programs     the static programs: training (network + loss + optimizer) and features (image -> feature)
+    checkpoint   atomic checkpoints, exact resume, the save-directory lock
+    weights      reading weight files (checkpoints, .pdparams, Fluid variable files) and loading them by name
+    onednn       oneDNN on CPU: training convolutions, Paddle Inference's predictor for features
+    distributed  data parallel over paddle.distributed.launch
+    metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision
+    visualize    retrieval pictures and the Recall@K curve
+    run_log      the run's configuration file and VisualDL scalars
+    image_ops    decoding, augmentation and the test-time path of one image
+    worker_pool  the decoding processes behind reader.py
+
+models/, losses/, reader.py and utility.py, beside this package, are the design's own modules.
+"""
+from core import paddle_env  # noqa: F401

@@ -1,0 +1,16 @@
+"""The set-up before Paddle is imported: all cores, and none of Paddle's start-up noise."""
+import os
+import subprocess
+import sys
+
+import core
+
+
+def test_scripts_start_without_paddles_thread_warning_and_with_all_cores():
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", "import core, os; print(os.environ['OMP_NUM_THREADS'])"],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(core.__file__))), env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(os.cpu_count())
+    assert "OMP_NUM_THREADS" not in result.stderr
