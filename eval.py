@@ -36,8 +36,8 @@ def list_features(args, executor, feature_program, image_list, description):
 
 def save_pictures(args, query_list, query_features, gallery_list, gallery_features, recall_curve):
     gallery = (gallery_list.paths, gallery_list.class_ids, gallery_features) if gallery_list else ()
-    grids = visualize.save_retrieval_grids(args.save_vis, query_list.paths, query_list.class_ids, query_features,
-                                           args.vis_queries, args.vis_top_k, *gallery)
+    grids = visualize.save_retrieval_grids(args.save_vis, args.image_shape, query_list.paths, query_list.class_ids,
+                                           query_features, args.vis_queries, args.vis_top_k, *gallery)
     curve = visualize.save_recall_curve(os.path.join(args.save_vis, "recall_at_k.png"), recall_curve,
                                         "Recall@K of %d queries" % len(query_features))
     log("retrieval pictures: %s; Recall@K curve: %s" % (", ".join(grids), curve))

@@ -6,7 +6,7 @@ test and infer keep `class_id`, which only has to tell classes apart.
 
 Sampling, by the batch layout the loss asks for (its `batch_layout`):
 - shuffled (softmax, arcmargin): a shuffled list of all images, reshuffled every epoch;
-- triplets (triplet): consecutive (anchor, positive, negative) triples;
+- triplets (triplet): consecutive (anchor, positive, negative) triples, the anchor's class uniform over the classes;
 - class_balanced (quadruplet, eml, npairs, multisimilarity): `batch_size / samples_each_class` classes with
   `samples_each_class` images each, consecutive in the batch. Classes with fewer images than that are left out of
   sampling (a warning counts them): repeating an image would make a trivially easy positive pair.
@@ -153,32 +153,34 @@ def indices_by_class(labels):
 
 
 class TripletSampler:
-    """triplet: anchors from the shuffled stream, a different image of the anchor's class, an image of another."""
+    """triplet, as the original's: each (anchor, positive, negative) triple draws its anchor class uniformly over the
+    classes, two different images of it as anchor and positive, and an image of another class, drawn uniformly over
+    the other classes, as negative. A class of one image cannot give an anchor and positive; it is only ever a
+    negative (the original would fail on it).
+    """
 
     def __init__(self, labels, batch_size, seed):
         if batch_size % 3:
             raise ValueError("--train_batch_size=%d must be a multiple of 3 for triplet (anchor, positive, "
                              "negative)" % batch_size)
-        self.labels = labels
         self.by_class = indices_by_class(labels)
-        self.classes = np.array(sorted(self.by_class))
-        anchor_pool = np.concatenate([idx for idx in self.by_class.values() if len(idx) >= 2] or [[]]).astype(int)
-        if len(anchor_pool) == 0 or len(self.classes) < 2:
+        self.classes = sorted(self.by_class)
+        self.anchor_positions = [position for position, label in enumerate(self.classes)
+                                 if len(self.by_class[label]) >= 2]
+        if not self.anchor_positions or len(self.classes) < 2:
             raise ValueError("triplet needs at least one class with 2 images and at least 2 classes")
-        self.anchor_pool = np.sort(anchor_pool)
-        self.anchors = ShuffledSampler(self.anchor_pool, batch_size // 3, seed)
         self.batch_size = batch_size
         self.seed = seed
 
     def batch(self, batch_index):
         rng = batch_rng(self.seed, SAMPLING_STREAM + 10, batch_index)
         triples = []
-        for anchor in self.anchor_pool[self.anchors.batch(batch_index)]:
-            anchor_class = self.labels[anchor]
-            same = self.by_class[anchor_class]
-            positive = rng.choice(same[same != anchor])
-            other_classes = self.classes[self.classes != anchor_class]
-            negative = rng.choice(self.by_class[rng.choice(other_classes)])
+        for _ in range(self.batch_size // 3):
+            anchor_position = self.anchor_positions[rng.integers(len(self.anchor_positions))]
+            negative_position = int(rng.integers(len(self.classes) - 1))
+            negative_position += negative_position >= anchor_position  # any class but the anchor's
+            anchor, positive = rng.choice(self.by_class[self.classes[anchor_position]], 2, replace=False)
+            negative = rng.choice(self.by_class[self.classes[negative_position]])
             triples.extend((anchor, positive, negative))
         return np.array(triples)
 
@@ -250,11 +252,11 @@ class BatchDecoder:
         bad_paths = []
         for row, index in enumerate(indices):
             if not self.train:
-                image_ops.process_test_image(image_ops.load_rgb(self.paths[index]), out[row])
+                image_ops.test_image(self.paths[index], out.shape[1:], out[row])
                 continue
             rng = batch_rng(seed, AUGMENT_STREAM, batch_index, first_row + row)
-            image = self._load_or_replace(index, rng, bad_paths)
-            image_ops.process_train_image(image, out[row], self.augmentation, rng)
+            pixels = self._load_or_replace(index, rng, bad_paths)
+            image_ops.train_image(pixels, out[row], self.augmentation, rng)
         return len(indices), (self.labels[indices].reshape(-1, 1), bad_paths)
 
     def _load_or_replace(self, index, rng, bad_paths):

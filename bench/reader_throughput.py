@@ -4,7 +4,7 @@
 
 Two data sets are made once under --work_dir by data/make_toy_sop.py: the toy set (80 px JPEGs) and an SOP-sized
 set (--large_size px, default 500, the same drawings saved as JPEG quality 90). On each, for every worker count:
-  * train: `reader.train_batches` with softmax sampling and the default augmentation (random-resized crop, flip);
+  * train: `reader.train_batches` with shuffled sampling and the default augmentation (random-resized crop, flip);
   * eval: `reader.eval_batches` (resize the short side, centre crop) over a list that repeats the test split's images
     until it holds every batch one measurement reads.
 `--workers=0` decodes in the main process: the baseline. Each measurement first drains one batch per worker (the
@@ -190,15 +190,15 @@ def stage_times(data_set, num_images, batch_size, repeats, seed):
     channels, height, width = data_set["image_shape"]
     out = np.empty((channels, height, width), np.float32)
     rng = np.random.default_rng(seed)
-    output_sized = [image.resize((width, height)) for image in images]
+    output_sized = [image_ops.resize(image, width, height) for image in images]
     full_slot = np.ones((batch_size, channels, height, width), np.float32)
     return [
         ("open, decode, RGB (image_ops.load_rgb)", per_image_ms(image_ops.load_rgb, paths, repeats)),
         ("train transform: crop, resize, flip, normalise",
-         per_image_ms(lambda image: image_ops.process_train_image(image, out, AUGMENTATION, rng), images,
-                      repeats)),
+         per_image_ms(lambda image: image_ops.train_image(image, out, AUGMENTATION, rng), images, repeats)),
         ("eval transform: resize, centre crop, normalise",
-         per_image_ms(lambda image: image_ops.process_test_image(image, out), images, repeats)),
+         per_image_ms(lambda image: image_ops.normalize(image_ops.test_crop(image, height, width), out), images,
+                      repeats)),
         ("of which normalise (image_ops.normalize)",
          per_image_ms(lambda image: image_ops.normalize(image, out), output_sized, repeats)),
         ("main process: batch copy out of the slot",

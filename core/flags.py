@@ -140,6 +140,8 @@ TRAINING = (
          "(its lock file says which)."),
     Flag("vdl_log_dir", str, None, "Also write loss, learning rate and test recall to this directory for VisualDL "
          "(optional: pip install visualdl)."),
+    Flag("enable_ce", bool, False, "Continuous evaluation, as the original's: after training, print the last logged "
+         "loss and the final test Recall@1 as `kpis` lines."),
 )
 
 EVALUATION = (

@@ -165,6 +165,8 @@ class TrainingRun:
         self.iteration = 0
         self.last_saved = None
         self.best_recall = None  # the best test Recall@1 of this run so far, --checkpoint's included
+        self.last_test = None  # (iteration, test Recall@1) of this run's latest test
+        self.last_logged_loss = None
         if args.checkpoint:
             state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
             self.iteration = state["iteration"]
@@ -216,6 +218,7 @@ class TrainingRun:
         executor = onednn.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn else self.executor
         num_images, recall = test_recall(executor, self.feature_program, self.data.test_list, self.args)
         log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
+        self.last_test = (self.iteration, recall)
         self.scalars.add(self.iteration, {"test/recall@1": recall})
         if self.args.save_best and (self.best_recall is None or recall > self.best_recall):
             self.best_recall = recall
@@ -259,6 +262,7 @@ class TrainingRun:
             scalars["train/recall@1"] = recall
         log("trainbatch %d, lr %.6f, %s, time %2.2f sec"
             % (self.iteration, lr, measures, window.seconds_per_iteration()))
+        self.last_logged_loss = means[0]
         self.scalars.add(self.iteration, scalars)
         window.reset()
 
@@ -301,7 +305,16 @@ class TrainingRun:
             self.log("stopped by %s at iteration %d; resume with --checkpoint=%s"
                      % (stop.signal_name, self.iteration, self.last_saved))
             sys.exit(128 + signal.Signals[stop.signal_name].value)
+        if self.args.enable_ce and self.rank == 0:
+            self.report_kpis()
         return self.last_saved
+
+    def report_kpis(self):
+        """--enable_ce: the original's continuous-evaluation lines, the last logged loss and the final test recall."""
+        if self.last_test is None or self.last_test[0] != self.iteration:
+            self.test()
+        print("kpis\ttrain_cost\t%s" % self.last_logged_loss)
+        print("kpis\ttest_recall\t%s" % self.last_test[1], flush=True)
 
 
 # Failures of a run that are the data's, the disk's or the numbers' fault: one line each, exit code 1.

@@ -1,7 +1,8 @@
 """Pictures of a retrieval run: grids of queries with their nearest results, and the Recall@K curve, as PNG files.
 
 A grid has one row per query: the query image (blue border), then its top-K results, nearest first, each framed
-green when it shows the query's class and red when it does not, with its distance written under it. Distances are
+green when it shows the query's class and red when it does not, with its distance written under it. Each tile shows
+what the network saw: the image's test-time crop (image_ops.test_image). Distances are
 squared Euclidean between L2-normalised features (0 to 4), the distance the original's recall_topk ranked by.
 """
 import math
@@ -10,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from core import metrics
+from core import image_ops, metrics
 
 TILE = 96                     # side of the square area an image is fitted into
 BORDER = 4                    # frame around each tile, coloured by class agreement
@@ -73,36 +74,38 @@ def tile_origin(row, column):
     return x, GAP + row * (framed + CAPTION + GAP)
 
 
-def _fitted_image(path):
-    with Image.open(path) as image:
-        return ImageOps.contain(image.convert("RGB"), (TILE, TILE))
+def _fitted_image(path, image_shape):
+    """The network's input for `path` (the test-time crop), scaled to fit a tile."""
+    pixels = image_ops.displayable(image_ops.test_image(path, image_shape))
+    return ImageOps.contain(Image.fromarray(pixels), (TILE, TILE))
 
 
-def _draw_tile(canvas, draw, font, origin, path, frame_colour, caption):
+def _draw_tile(canvas, draw, font, origin, path, image_shape, frame_colour, caption):
     x, y = origin
     framed = TILE + 2 * BORDER
     draw.rectangle([x, y, x + framed - 1, y + framed - 1], fill=frame_colour)
     draw.rectangle([x + BORDER, y + BORDER, x + BORDER + TILE - 1, y + BORDER + TILE - 1], fill=TILE_BACKGROUND)
-    image = _fitted_image(path)
+    image = _fitted_image(path, image_shape)
     canvas.paste(image, (x + BORDER + (TILE - image.width) // 2, y + BORDER + (TILE - image.height) // 2))
     text_width = draw.textlength(caption, font=font)
     draw.text((x + (framed - text_width) / 2, y + framed + 2), caption, fill=TEXT_COLOUR, font=font)
 
 
-def render_grid(rows, top_k):
-    """One grid image; `rows` holds (query_path, [(result_path, same_class, distance), ...]) per query."""
+def render_grid(rows, top_k, image_shape):
+    """One grid image; `rows` holds (query_path, [(result_path, same_class, distance), ...]) per query; each tile
+    shows the network's input, the test-time crop of `image_shape`."""
     canvas = Image.new("RGB", grid_size(len(rows), top_k), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for row, (query_path, results) in enumerate(rows):
-        _draw_tile(canvas, draw, font, tile_origin(row, 0), query_path, QUERY_COLOUR, "query")
+        _draw_tile(canvas, draw, font, tile_origin(row, 0), query_path, image_shape, QUERY_COLOUR, "query")
         for column, (path, same_class, distance) in enumerate(results, start=1):
             colour = SAME_CLASS_COLOUR if same_class else OTHER_CLASS_COLOUR
-            _draw_tile(canvas, draw, font, tile_origin(row, column), path, colour, "%.3f" % distance)
+            _draw_tile(canvas, draw, font, tile_origin(row, column), path, image_shape, colour, "%.3f" % distance)
     return canvas
 
 
-def save_retrieval_grids(out_dir, query_paths, query_labels, query_features, num_queries, top_k,
+def save_retrieval_grids(out_dir, image_shape, query_paths, query_labels, query_features, num_queries, top_k,
                          gallery_paths=None, gallery_labels=None, gallery_features=None):
     """Writes `retrieval_01.png`, ... to `out_dir` for `num_queries` queries spread over the query list.
 
@@ -122,7 +125,7 @@ def save_retrieval_grids(out_dir, query_paths, query_labels, query_features, num
     written = []
     for page, start in enumerate(range(0, len(rows), ROWS_PER_GRID), start=1):
         path = os.path.join(out_dir, "retrieval_%02d.png" % page)
-        render_grid(rows[start:start + ROWS_PER_GRID], neighbours.shape[1]).save(path)
+        render_grid(rows[start:start + ROWS_PER_GRID], neighbours.shape[1], image_shape).save(path)
         written.append(path)
     return written
 

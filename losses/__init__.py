@@ -7,7 +7,8 @@ row in the README's loss table.
 import core  # noqa: F401  (thread counts set before paddle is imported)
 
 from .arcmarginloss import ArcMarginLoss
-from .base import CLASS_BALANCED, CLASS_DIM, SHUFFLED, TRIPLETS, Loss, check_class_balanced_batch, check_labels
+from .base import (CLASS_BALANCED, CLASS_DIM, MARGIN, SAMPLES_EACH_CLASS, SHUFFLED, TRIPLETS, ClassifierLoss, Loss,
+                   check_class_balanced_batch, check_labels)
 from .emlloss import EmlLoss
 from .multisimilarityloss import MultiSimilarityLoss
 from .npairsloss import NpairsLoss
@@ -37,6 +38,6 @@ def add_arguments(parser, has_classifier):
         LOSSES[name].add_arguments(parser)
 
 
-__all__ = ["Loss", "LOSSES", "names", "add_arguments", "SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss",
-           "EmlLoss", "NpairsLoss", "MultiSimilarityLoss", "SHUFFLED", "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM",
+__all__ = ["Loss", "ClassifierLoss", "LOSSES", "names", "add_arguments", "SoftmaxLoss", "ArcMarginLoss", "TripletLoss", "QuadrupletLoss",
+           "EmlLoss", "NpairsLoss", "MultiSimilarityLoss", "SHUFFLED", "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM", "SAMPLES_EACH_CLASS", "MARGIN",
            "check_labels", "check_class_balanced_batch", "check_triplet_batch"]

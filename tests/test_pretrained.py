@@ -8,7 +8,8 @@ import numpy as np
 import paddle
 import pytest
 
-from core import checkpoint, pretrained, weights
+import losses
+from core import checkpoint, pretrained, programs, weights
 from core.weights import CheckpointError
 from tiny_program import program_values as values
 
@@ -36,7 +37,18 @@ def test_pretrained_from_a_checkpoint_directory(trained_tiny_program, tmp_path, 
     counts = pretrained.load_pretrained(program, str(tmp_path / "ck"))  # the newest numbered one
     assert counts == {"loaded": 7, "missing": 0, "mismatched": 0, "unused": 0}
     assert_loaded(program, target, ["conv1_weights", "bn_conv1_mean", "fc_offset"])
-    assert "loaded 7, missing 0, shape-mismatched 0, unused 0" in capsys.readouterr().out
+    assert "(checkpoint directory, iteration 12): loaded 7, missing 0, shape-mismatched 0, unused 0" in \
+        capsys.readouterr().out
+
+
+def test_a_folder_one_level_too_high_is_answered_with_the_folder_inside(trained_tiny_program, tmp_path):
+    program = trained_tiny_program[0]
+    checkpoint.save_checkpoint(program, str(tmp_path / "output" / "ResNet50" / "12"), {"iteration": 12})
+    with pytest.raises(CheckpointError) as caught:
+        pretrained.load_pretrained(program, str(tmp_path / "output"))
+    assert str(caught.value) == ("%s: holds no weights (no checkpoint, .pdparams file or Fluid variable file); pass "
+                                 "the folder inside that holds them: %s" % (tmp_path / "output",
+                                                                            tmp_path / "output" / "ResNet50"))
 
 
 def test_pretrained_from_a_pdparams_file_partial_and_mismatched(trained_tiny_program, tmp_path, capsys):
@@ -123,3 +135,83 @@ def test_pretrained_errors(trained_tiny_program, tmp_path):
     (tmp_path / "junk" / "conv1_weights").write_bytes(b"not a tensor")
     with pytest.raises(CheckpointError, match="conv1_weights: not a Fluid variable file"):
         pretrained.load_pretrained(program, str(tmp_path / "junk"))
+
+
+# ---------------------------------------------------------------- models the original suite saved
+
+def suite_to_original(state, embedding):
+    """This suite's names → the original's automatic ones for the head and loss parameters."""
+    classifier = "fc_1" if embedding else "fc_0"
+    names = {"embedding_fc_weights": "fc_0.w_0", "embedding_fc_offset": "fc_0.b_0",
+             "softmax_fc_weights": classifier + ".w_0", "softmax_fc_offset": classifier + ".b_0",
+             "arcmargin_weight_norm": "weight_norm.w_0"}
+    return {names.get(name, name): value for name, value in state.items()}
+
+
+def write_fluid_files(directory, state):
+    """The 2019 layout: one Fluid variable file per variable, as fluid.io.save_persistables wrote it."""
+    paddle.enable_static()
+    program, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
+    with paddle.static.scope_guard(scope), paddle.static.program_guard(program, startup):
+        variables = [paddle.static.create_parameter(list(value.shape), str(value.dtype), name=name)
+                     for name, value in state.items()]
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(startup)
+        for name, value in state.items():
+            scope.find_var(name).get_tensor().set(value, paddle.CPUPlace())
+        paddle.static.save_vars(executor, directory, program, vars=variables)
+
+
+def write_2020_save(prefix, parameters, optimizer_state):
+    """The 2020 layout: fluid.save's <iter>.pdparams and .pdopt (protocol-2 pickles) beside an empty <iter>/."""
+    os.makedirs(prefix)
+    with open(prefix + ".pdparams", "wb") as handle:
+        pickle.dump(parameters, handle, protocol=2)
+    with open(prefix + ".pdopt", "wb") as handle:
+        pickle.dump(optimizer_state, handle, protocol=2)
+
+
+def train_program_state(loss, embedding, seed):
+    """(train program, feature program, its executor, the trained-looking weights) of ResNet18 with `loss`."""
+    paddle.enable_static()
+    paddle.seed(seed)
+    train = programs.build_train_program("ResNet18", embedding, (3, 32, 32), loss, 0.01, seed=seed)
+    features = programs.build_feature_program("ResNet18", embedding, (3, 32, 32))
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    executor.run(train.startup)
+    return train, features, executor, values(train.program)
+
+
+@pytest.mark.parametrize("layout, loss_name, embedding", [
+    ("2019 Fluid files", "arcmargin", 8), ("2019 Fluid files", "softmax", 0), ("2020 <iter>/ folder", "softmax", 8),
+    ("2020 <iter>.pdparams", "softmax", 0), ("2020 model_save_dir/<model>", "arcmargin", 8)])
+def test_a_model_the_original_saved_loads_every_variable(tmp_path, capsys, layout, loss_name, embedding):
+    loss = losses.LOSSES[loss_name](class_dim=5)
+    images = np.random.default_rng(0).normal(size=(2, 3, 32, 32)).astype(np.float32)
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        train, features, executor, saved = train_program_state(loss, embedding, seed=1)
+        reference = executor.run(features.program, feed={"image": images}, fetch_list=[features.feature])[0]
+    run_state = {name for name in saved if any(marker in name for marker in pretrained.RUN_STATE_MARKERS)}
+    model = {name: value for name, value in saved.items() if name not in run_state}
+    original = suite_to_original(model, embedding)
+    assert set(original) != set(model)  # some names do differ
+    save_dir = tmp_path / "output" / "ResNet18"
+    if layout.startswith("2019"):
+        write_fluid_files(str(save_dir / "1000"), suite_to_original(saved, embedding))
+        path = save_dir / "1000"
+    else:
+        optimizer_state = {name: value for name, value in saved.items() if name in run_state}
+        write_2020_save(str(save_dir / "1000"), original, optimizer_state)
+        path = {"2020 <iter>/ folder": save_dir / "1000", "2020 <iter>.pdparams": save_dir / "1000.pdparams",
+                "2020 model_save_dir/<model>": save_dir}[layout]
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        train, features, executor, initial = train_program_state(loss, embedding, seed=2)
+        assert not np.array_equal(initial["conv1_weights"], model["conv1_weights"])
+        counts = pretrained.load_pretrained(train.program, str(path))
+        assert counts["loaded"] == len(model) and counts["missing"] == 0 and counts["mismatched"] == 0
+        assert_loaded(train.program, model, sorted(model))
+        result = executor.run(features.program, feed={"image": images}, fetch_list=[features.feature])[0]
+    np.testing.assert_array_equal(result, reference)
+    renamed = sum(name in model for name in ("embedding_fc_weights", "embedding_fc_offset", "softmax_fc_weights",
+                                             "softmax_fc_offset", "arcmargin_weight_norm"))
+    assert "loaded %d (%d under the original's names), missing 0" % (len(model), renamed) in capsys.readouterr().out

@@ -1,20 +1,17 @@
-"""The SOP list format, the samplers, decoding and the worker processes, on small JPEG trees made here."""
-import gc
+"""The SOP list format, the samplers and the batch readers, on small JPEG trees made here."""
 import multiprocessing
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+import scipy.stats
 from PIL import Image
 
-from core import image_ops
 import reader
-import tiny_program
-from core import worker_pool
+from core import image_ops, worker_pool
 
 HEADER = "image_id class_id super_class_id path\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +140,23 @@ def test_triplet_sampler_structure():
             assert labels[anchor] != 0  # a singleton class cannot be an anchor
 
 
+def test_triplet_classes_are_drawn_uniformly_over_classes_not_images():
+    """As the original: every class with two images is an anchor class equally often, however many images it has,
+    and the negative's class is uniform over the other classes, the singleton included."""
+    sizes = [1, 2, 3, 40, 100, 5]  # images per class: drawing over images would pick class 4 fifty times class 1's
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    sampler = reader.TripletSampler(labels, batch_size=300, seed=5)
+    triples = labels[np.concatenate([sampler.batch(index) for index in range(20)])].reshape(-1, 3)
+    anchor_counts = np.bincount(triples[:, 0], minlength=len(sizes))
+    assert anchor_counts[0] == 0 and (triples[:, 0] == triples[:, 1]).all()
+    assert scipy.stats.chisquare(anchor_counts[1:]).pvalue > 0.01, anchor_counts  # 2000 triples, 5 anchor classes
+    for anchor_class in range(1, len(sizes)):
+        negatives = triples[triples[:, 0] == anchor_class, 2]
+        counts = np.bincount(negatives, minlength=len(sizes))
+        assert counts[anchor_class] == 0
+        assert scipy.stats.chisquare(np.delete(counts, anchor_class)).pvalue > 0.01, (anchor_class, counts)
+
+
 def test_class_balanced_sampler_structure_and_small_classes():
     labels = np.repeat(np.arange(8), [3, 1, 4, 2, 5, 3, 1, 3])
     with pytest.warns(UserWarning, match="2 of 8 classes have fewer than --samples_each_class=2"):
@@ -167,97 +181,6 @@ def test_class_balanced_sampler_structure_and_small_classes():
 def test_sampler_configuration_errors_name_the_flag(batch_layout, batch_size, samples_each_class, words):
     with pytest.raises(ValueError, match=words):
         reader.make_sampler(batch_layout, np.repeat(np.arange(10), 3), batch_size, samples_each_class, 0)
-
-
-# ---------------------------------------------------------------- decoding and augmentation
-
-def test_test_transform_is_exact_normalisation_of_the_pixels():
-    image = Image.new("RGB", (50, 30), (200, 100, 50))
-    out = np.empty((3, 16, 16), dtype=np.float32)
-    image_ops.process_test_image(image, out)
-    expected = (np.array([200, 100, 50]) / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out.mean(axis=(1, 2)), expected, rtol=1e-5)
-    np.testing.assert_allclose(out.std(axis=(1, 2)), 0, atol=1e-5)
-
-
-def test_test_transform_centre_crops_after_resizing_the_short_side():
-    pixels = np.zeros((40, 120, 3), dtype=np.uint8)
-    pixels[:, 60:, :] = 255  # left half black, right half white
-    out = np.empty((3, 32, 32), dtype=np.float32)
-    image_ops.process_test_image(Image.fromarray(pixels), out)
-    white = (1.0 - 0.485) / 0.229
-    black = -0.485 / 0.229
-    # short side 40 → 37 (=32·256/224), so the image is 111 wide and its centre 32 columns straddle the edge.
-    np.testing.assert_allclose(out[0, :, 0], black, atol=1e-3)
-    np.testing.assert_allclose(out[0, :, -1], white, atol=1e-3)
-
-
-@pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (97, 310), (30, 20), (1, 1)])
-def test_test_crop_equals_resizing_the_whole_image_then_cropping(size):
-    pixels = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    pixels = np.cumsum(pixels, axis=1, dtype=np.uint16).astype(np.uint8)  # texture at every scale, not just noise
-    image = Image.fromarray(pixels)
-    height, width = 56, 48
-    short = int(round(max(height, width) * image_ops.TEST_RESIZE_RATIO))
-    scale = short / min(size)
-    new_w, new_h = max(width, int(round(size[0] * scale))), max(height, int(round(size[1] * scale)))
-    left, top = (new_w - width) // 2, (new_h - height) // 2
-    whole = image.resize((new_w, new_h), Image.BILINEAR).crop((left, top, left + width, top + height))
-    cropped = image_ops.resize_short_center_crop(image, height, width)
-    difference = np.abs(np.asarray(cropped, dtype=np.int16) - np.asarray(whole, dtype=np.int16))
-    assert cropped.size == (width, height) and difference.max() <= 1  # PIL rounds its 8-bit filter weights
-
-
-def test_rgb_images_are_not_copied_and_others_are_converted(tmp_path):
-    rgb = Image.new("RGB", (4, 4), (1, 2, 3))
-    assert image_ops.to_rgb(rgb) is rgb
-    rgb.save(tmp_path / "rgb.png")
-    assert image_ops.load_rgb(str(tmp_path / "rgb.png")).getpixel((3, 3)) == (1, 2, 3)  # pixels outlive the file
-    gray = image_ops.to_rgb(Image.new("L", (4, 4), 7))
-    assert gray.mode == "RGB" and gray.getpixel((0, 0)) == (7, 7, 7)
-
-
-@pytest.mark.parametrize("size", [(300, 200), (64, 64), (20, 90), (1, 1)])
-def test_random_resized_crop_area_stays_in_range(size):
-    rng = np.random.default_rng(0)
-    image = Image.new("RGB", size)
-    original_crop = image.crop
-    areas = []
-
-    def recording_crop(box):
-        areas.append((box[2] - box[0]) * (box[3] - box[1]) / (size[0] * size[1]))
-        return original_crop(box)
-
-    image.crop = recording_crop
-    for _ in range(200):
-        result = image_ops.random_resized_crop(image, 24, 32, 0.25, rng)
-        assert result.size == (32, 24)
-    assert max(areas) <= 1.0 + 1e-9
-    if size in ((300, 200), (64, 64)):  # the area range only shrinks below 0.25 for very elongated images
-        assert min(areas) >= 0.2 and max(areas) > 0.8
-
-
-def test_train_transform_output_and_flip():
-    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
-    pixels[:, :16] = 255
-    image = Image.fromarray(pixels)
-    left_bright = []
-    for seed in range(40):
-        out = np.empty((3, 24, 24), dtype=np.float32)
-        image_ops.process_train_image(image, out, PLAIN._replace(random_flip=True), np.random.default_rng(seed))
-        assert np.isfinite(out).all()
-        left_bright.append(out[0, :, :4].mean() > out[0, :, -4:].mean())
-    assert 5 < sum(left_bright) < 35  # flipped about half the time
-
-
-def test_rotation_changes_the_image_and_keeps_the_shape():
-    image = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))[:, :, None].repeat(3, 2))
-    plain = np.empty((3, 32, 32), dtype=np.float32)
-    rotated = np.empty((3, 32, 32), dtype=np.float32)
-    image_ops.process_train_image(image, plain, PLAIN, np.random.default_rng(5))
-    image_ops.process_train_image(image, rotated, PLAIN._replace(rotate=True), np.random.default_rng(5))
-    assert not np.allclose(plain, rotated)
 
 
 # ---------------------------------------------------------------- batch readers
@@ -343,78 +266,6 @@ def test_unreadable_eval_image_is_an_error_naming_the_file(sop_root):
     with pytest.raises(image_ops.BadImageError, match="test_3_1.JPG"):
         list(reader.eval_batches(read_test_list(sop_root), batch_size=4, image_shape=(3, 8, 8), num_workers=0))
     assert multiprocessing.active_children() == []
-
-
-def failing_work(task, out):
-    if task == 2:
-        raise ValueError("task two is cursed")
-    out[:] = task
-    return 1, task
-
-
-def test_worker_exception_surfaces_with_its_traceback_and_no_orphans():
-    pool = worker_pool.OrderedWorkerPool(failing_work, 2, (1, 2))
-    pids = [worker.pid for worker in pool.workers]
-    results = []
-    with pytest.raises(worker_pool.WorkerError) as caught:
-        for batch, task in pool.imap(range(5)):
-            results.append(task)
-    pool.close()
-    assert results == [0, 1]
-    assert "ValueError: task two is cursed" in str(caught.value)
-    assert "failing_work" in str(caught.value)
-    assert multiprocessing.active_children() == []
-    for pid in pids:
-        assert not os.path.exists("/proc/%d" % pid) or open("/proc/%d/stat" % pid).read().split()[2] == "Z"
-
-
-def collecting_work(task, out):
-    gc.collect()
-    out[:] = task
-    return 1, task
-
-
-def test_workers_leave_paddle_garbage_of_the_parent_alone():
-    tiny = tiny_program.build_tiny_program()
-    tiny.train_step()  # the executor now holds an interpreter, whose destructor segfaults in a forked child
-    cycle = [tiny]
-    cycle.append(cycle)  # unreachable, but only a garbage collection frees it
-    del tiny, cycle
-    with worker_pool.OrderedWorkerPool(collecting_work, 1, (1, 1)) as pool:
-        assert [task for _, task in pool.imap(range(3))] == [0, 1, 2]
-    assert gc.get_freeze_count() == 0  # this process collects its own garbage as before
-
-
-def slow_work(task, out):
-    time.sleep(0.05)
-    out[:] = task
-    return 1, task
-
-
-def test_killed_worker_is_reported_within_seconds():
-    pool = worker_pool.OrderedWorkerPool(slow_work, 2, (1, 1))
-    started = time.monotonic()
-    with pytest.raises(worker_pool.WorkerDiedError, match="killed by signal SIGKILL"):
-        for batch, task in pool.imap(iter(int, 1)):  # endless tasks
-            if task == 0:
-                os.kill(pool.workers[0].pid, signal.SIGKILL)
-    pool.close()
-    assert time.monotonic() - started < 5
-    assert multiprocessing.active_children() == []
-
-
-def test_results_come_back_in_order_whatever_finishes_first():
-    def tasks():
-        yield from [3, 0, 2, 0, 1, 0]
-
-    with worker_pool.OrderedWorkerPool(sleepy_work, 2, (1, 1)) as pool:
-        assert [task for _, task in pool.imap(tasks())] == [3, 0, 2, 0, 1, 0]
-
-
-def sleepy_work(task, out):
-    time.sleep(task * 0.05)
-    out[:] = task
-    return 1, task
 
 
 def test_closing_the_stream_early_leaves_no_workers(sop_root):

@@ -14,9 +14,11 @@ import pytest
 import eval as eval_script
 import export_model
 import infer
+import losses
 import reader
 import train_elem
 import train_pair
+import utility
 
 import script_tools
 from script_tools import ROOT, train_flags
@@ -290,3 +292,58 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(toy_root, tmp_path):
     while [pid for pid in workers if os.path.exists("/proc/%d" % pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if os.path.exists("/proc/%d" % pid)]
+
+
+def test_the_originals_command_lines_and_log_lines(toy_root, tmp_path, capsys):
+    """train_pair.py takes --class_dim (and leaves it unused), train_elem.py --enable_ce prints the original's kpis
+    lines, and test passes not on a terminal log `testbatch N, time T sec` every 20 batches."""
+    train_elem.main(train_flags(toy_root, tmp_path / "elem", "softmax", 2, class_dim=12, enable_ce=True,
+                                test_batch_size=1, test_iter_step=2))
+    output = capsys.readouterr().out
+    losses_seen = logged_losses(output)
+    kpis_cost = float(re.search(r"^kpis\ttrain_cost\t([\d.]+)$", output, re.MULTILINE).group(1))
+    assert kpis_cost == pytest.approx(losses_seen[-1], abs=5e-7)  # the last logged loss, as the original's
+    recall = float(re.search(r"test_img_num \d+, trainbatch 2, test_recall ([\d.]+)", output).group(1))
+    kpis_recall = float(re.search(r"^kpis\ttest_recall\t([\d.]+)$", output, re.MULTILINE).group(1))
+    assert kpis_recall == pytest.approx(recall, abs=5e-6)
+    tested = [int(batch) for batch in re.findall(r"\] testbatch (\d+), time [\d.]+ sec", output)]
+    assert tested == list(range(0, num_test_images(toy_root), 20))  # one line per 20 batches of one image
+    train_pair.main(train_flags(toy_root, tmp_path / "pair", "eml", 1, class_dim=11318))
+    assert len(logged_losses(capsys.readouterr().out)) == 1
+
+
+class MeanGapLoss(losses.Loss):
+    """A throw-away loss registered by one test: mean distance to the batch's positives minus a scaled mean distance
+    to its negatives. It exists to show that a loss is one class plus one registry entry."""
+
+    name = "mean_gap"
+    batch_layout = reader.CLASS_BALANCED
+    flags = (losses.SAMPLES_EACH_CLASS,
+             utility.Flag("gap_weight", float, 1.0, "mean_gap: weight of the negatives' term.", utility.positive))
+
+    def __init__(self, samples_each_class, gap_weight):
+        self.samples_each_class = samples_each_class
+        self.gap_weight = gap_weight
+
+    @classmethod
+    def from_flags(cls, args, batch_size):
+        return cls(args.samples_each_class, args.gap_weight)
+
+    def loss(self, input, label):
+        from losses import commonfunc
+        distance = commonfunc.pairwise_squared_distance(commonfunc.l2_normalize(input))
+        return (commonfunc.masked_mean(distance, commonfunc.positive_mask(label))
+                - self.gap_weight * commonfunc.masked_mean(distance, commonfunc.negative_mask(label)))
+
+
+def test_a_loss_is_one_class_and_one_registry_entry(toy_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(losses.LOSSES, MeanGapLoss.name, MeanGapLoss)
+    assert "--gap_weight" in train_pair.make_parser().format_help()
+    assert "mean_gap" not in train_elem.make_parser().format_help()  # no classifier head: not train_elem's
+    train_pair.main(train_flags(toy_root, tmp_path, "mean_gap", 2, gap_weight=0.5, samples_each_class=3))
+    output = capsys.readouterr().out
+    assert len(logged_losses(output)) == 2 and all(np.isfinite(logged_losses(output)))
+    assert re.search(r"trainbatch 2, lr [\d.]+, loss [-\d.]+, recall [\d.]+", output)
+    with pytest.raises(SystemExit) as caught:
+        train_pair.main(train_flags(toy_root, tmp_path, "mean_gap", 2, gap_weight=0))
+    assert caught.value.code == 2 and "--gap_weight: must be positive, got 0.0" in capsys.readouterr().err

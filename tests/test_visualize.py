@@ -65,8 +65,8 @@ def test_nearest_neighbours_in_a_gallery_keep_an_identical_image():
 
 
 def test_grid_frames_each_result_by_class_and_shows_its_image(coloured_images, tmp_path):
-    written = visualize.save_retrieval_grids(str(tmp_path / "vis"), coloured_images, LABELS, angle_features(ANGLES),
-                                             num_queries=5, top_k=3)
+    written = visualize.save_retrieval_grids(str(tmp_path / "vis"), (3, 32, 32), coloured_images, LABELS,
+                                             angle_features(ANGLES), num_queries=5, top_k=3)
     assert written == [str(tmp_path / "vis" / "retrieval_01.png")]
     grid = Image.open(written[0]).convert("RGB")
     # GAP + query + QUERY_GAP + 3 results with gaps across; GAP + 5 rows of tile, caption and gap down
@@ -88,7 +88,8 @@ def test_grid_frames_each_result_by_class_and_shows_its_image(coloured_images, t
 
 def test_more_queries_than_fit_make_more_grids(coloured_images, tmp_path, monkeypatch):
     monkeypatch.setattr(visualize, "ROWS_PER_GRID", 2)
-    written = visualize.save_retrieval_grids(str(tmp_path), coloured_images, LABELS, angle_features(ANGLES), 5, 2)
+    written = visualize.save_retrieval_grids(str(tmp_path), (3, 32, 32), coloured_images, LABELS,
+                                             angle_features(ANGLES), 5, 2)
     assert [os.path.basename(path) for path in written] == ["retrieval_01.png", "retrieval_02.png",
                                                             "retrieval_03.png"]
     heights = [Image.open(path).size[1] for path in written]
