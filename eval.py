@@ -21,10 +21,16 @@ def make_parser():
     return parser
 
 
-def format_table(results, recall_ks):
+def format_table(results, recall_ks, num_candidates):
+    """The metrics as a Markdown table; a Recall@K whose K reaches the `num_candidates` images each query searches
+    is marked, since it only counts the queries that have a positive at all."""
+    trivial = [k for k in recall_ks if k >= num_candidates]
     rows = ["| metric | value |", "|---|---|"]
-    rows += ["| Recall@%d | %.4f |" % (k, results["recall@%d" % k]) for k in recall_ks]
+    rows += ["| Recall@%d | %.4f%s |" % (k, results["recall@%d" % k], " *" if k in trivial else "") for k in recall_ks]
     rows += ["| MAP@R | %.4f |" % results["map@r"], "| R-Precision | %.4f |" % results["r_precision"]]
+    if trivial:
+        rows.append("\n* K is at least the %d images each query searches: every query with a positive in them "
+                    "counts." % num_candidates)
     return "\n".join(rows)
 
 
@@ -68,7 +74,7 @@ def main(argv=None):
     if gallery_list:
         log("%d queries searched a gallery of %d images" % (len(query_features), len(gallery_features)))
     log("End test %d, test_recall %.5f" % (len(query_features), results["recall@1"]))
-    print(format_table(results, args.recall_k), flush=True)
+    print(format_table(results, args.recall_k, num_candidates), flush=True)
     if args.save_results:
         with open(args.save_results, "w") as results_file:
             json.dump(results, results_file, indent=1, sort_keys=True)

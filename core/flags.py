@@ -110,7 +110,8 @@ TRAINING = (
          non_negative),
     Flag("total_iter_num", int, 30000, "Total number of training iterations.", positive),
     Flag("display_iter_step", int, 10, "Log every this many iterations.", positive),
-    Flag("test_iter_step", int, 1000, "Test Recall@1 on --test_list every this many iterations.", positive),
+    Flag("test_iter_step", int, 1000, "Test Recall@1 on --test_list every this many iterations (0: never).",
+         non_negative),
     Flag("save_iter_step", int, 1000, "Save a checkpoint every this many iterations.", positive),
     USE_GPU, USE_MKLDNN,
     Flag("use_amp", bool, False, "Automatic mixed precision (Paddle's static AMP, O1): the network in --amp_dtype, "
@@ -165,6 +166,10 @@ SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .np
 
 def check_training(args):
     """The checks that relate several training flags; each names the flag to change."""
+    if args.test_iter_step > args.total_iter_num:
+        flag_error("test_iter_step", "%d is more than --total_iter_num=%d: no test would run and no best/ be kept; "
+                   "pass --test_iter_step=%d or less, or 0 to train without testing"
+                   % (args.test_iter_step, args.total_iter_num, args.total_iter_num))
     if not args.warmup_iter_num < args.total_iter_num:
         flag_error("warmup_iter_num", "must be in [0, --total_iter_num=%d), got %d"
                    % (args.total_iter_num, args.warmup_iter_num))

@@ -122,7 +122,8 @@ def prepare(args, rank=0):
     train_list = reader.read_train_list(args.data_dir)
     labels = reader.train_labels(train_list)
     try:
-        loss.check_labels(labels)
+        for warning in loss.check_labels(labels):
+            print("warning: %s (classes of %s)" % (warning, train_list.list_path), file=sys.stderr, flush=True)
         sampler = reader.make_sampler(loss.batch_layout, labels, args.train_batch_size, loss.samples_each_class,
                                       args.seed)
     except ValueError as error:
@@ -290,7 +291,7 @@ class TrainingRun:
                 window.add(values)
                 if display:
                     self.log_window(window, lr, features, labels)
-                if self.rank == 0 and self.iteration % args.test_iter_step == 0:
+                if self.rank == 0 and args.test_iter_step and self.iteration % args.test_iter_step == 0:
                     self.test()
                     window.restart_clock()
                 if self.iteration % args.save_iter_step == 0:

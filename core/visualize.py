@@ -26,6 +26,10 @@ BACKGROUND = (255, 255, 255)
 TILE_BACKGROUND = (235, 235, 235)
 TEXT_COLOUR = (20, 20, 20)
 
+# Pillow's default font at its own 10 px draws a space about a pixel wide ("Recall@Kof 48"): text is drawn larger.
+FONT_SIZE = 13
+TITLE_FONT_SIZE = 15
+
 CURVE_SIZE = (640, 400)
 PLOT_LEFT, PLOT_RIGHT, PLOT_TOP, PLOT_BOTTOM = 70, 610, 40, 340  # the plotting area inside the curve image
 CURVE_COLOUR = (31, 119, 180)
@@ -96,7 +100,7 @@ def render_grid(rows, top_k, image_shape):
     shows the network's input, the test-time crop of `image_shape`."""
     canvas = Image.new("RGB", grid_size(len(rows), top_k), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(FONT_SIZE)
     for row, (query_path, results) in enumerate(rows):
         _draw_tile(canvas, draw, font, tile_origin(row, 0), query_path, image_shape, QUERY_COLOUR, "query")
         for column, (path, same_class, distance) in enumerate(results, start=1):
@@ -150,7 +154,7 @@ def save_recall_curve(path, recall_at_k, title):
     max_k = ks[-1]
     canvas = Image.new("RGB", CURVE_SIZE, BACKGROUND)
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(FONT_SIZE)
     for tenth in range(0, 11, 2):
         _, y = curve_point(1, tenth / 10, max_k)
         draw.line([PLOT_LEFT, y, PLOT_RIGHT, y], fill=GRID_COLOUR)
@@ -163,7 +167,8 @@ def save_recall_curve(path, recall_at_k, title):
     draw.text(((PLOT_LEFT + PLOT_RIGHT) / 2, PLOT_BOTTOM + 30), "K (log scale)", fill=TEXT_COLOUR, font=font,
               anchor="mt")
     draw.text((12, (PLOT_TOP + PLOT_BOTTOM) / 2), "Recall@K", fill=TEXT_COLOUR, font=font, anchor="lm")
-    draw.text(((PLOT_LEFT + PLOT_RIGHT) / 2, PLOT_TOP / 2), title, fill=TEXT_COLOUR, font=font, anchor="mm")
+    draw.text(((PLOT_LEFT + PLOT_RIGHT) / 2, PLOT_TOP / 2), title, fill=TEXT_COLOUR,
+              font=ImageFont.load_default(TITLE_FONT_SIZE), anchor="mm")
     points = [curve_point(k, recall_at_k[k], max_k) for k in ks]
     if len(points) > 1:
         draw.line(points, fill=CURVE_COLOUR, width=2)

@@ -50,7 +50,9 @@ class Loss:
         raise NotImplementedError
 
     def check_labels(self, labels):
-        """Raises ValueError naming the flag to fix when the training labels (0-based) do not suit this loss."""
+        """Checks the training labels (0-based) against this loss's flags: raises ValueError naming the flag to fix
+        when they cannot work, returns warnings (one line each) about what works but looks wrong."""
+        return []
 
     def loss(self, input, label):
         """Builds the loss of the embeddings `input` [N, D] with labels `label` [N, 1] into the current program."""
@@ -65,6 +67,11 @@ class ClassifierLoss(Loss):
 
     def check_labels(self, labels):
         check_labels(labels, self.class_dim)
+        needed = int(np.max(labels)) + 1
+        if self.class_dim >= 2 * needed:  # most likely the SOP default left on another data set
+            return ["--class_dim=%d, but the training labels need only %d outputs: %d of the classifier's are never "
+                    "a target; pass --class_dim=%d" % (self.class_dim, needed, self.class_dim - needed, needed)]
+        return []
 
 
 def check_labels(labels, class_dim):

@@ -10,7 +10,7 @@ TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False"]
 def train_flags(data_dir, save_dir, loss_name="eml", iterations=2, **extra):
     flags = TINY + ["--data_dir=%s" % data_dir, "--model_save_dir=%s" % save_dir, "--loss_name=%s" % loss_name,
                     "--train_batch_size=6", "--test_batch_size=16", "--total_iter_num=%d" % iterations,
-                    "--display_iter_step=1", "--test_iter_step=1000", "--save_iter_step=1000", "--lr=0.01",
+                    "--display_iter_step=1", "--test_iter_step=0", "--save_iter_step=1000", "--lr=0.01",
                     "--num_workers=1"]
     return flags + ["--%s=%s" % item for item in extra.items()]
 

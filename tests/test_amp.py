@@ -20,7 +20,7 @@ def logged_losses(output):
 def test_bfloat16_trains_on_cpu_close_to_float32(toy_root, tmp_path, capsys):
     flags = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0",
              "--data_dir=%s" % toy_root, "--model_save_dir=%s" % tmp_path, "--loss_name=softmax", "--class_dim=12",
-             "--train_batch_size=8", "--total_iter_num=3", "--display_iter_step=1", "--test_iter_step=1000",
+             "--train_batch_size=8", "--total_iter_num=3", "--display_iter_step=1", "--test_iter_step=0",
              "--save_iter_step=1000", "--lr=0.001"]
     train_elem.main(flags)
     float32_losses = logged_losses(capsys.readouterr().out)

@@ -58,7 +58,7 @@ def logged_losses(output):
 
 def run_flags(toy_root, save_dir, **flags):
     defaults = dict(image_shape="3,32,32", use_gpu=False, num_workers=0, data_dir=toy_root, model_save_dir=save_dir,
-                    test_batch_size=16, display_iter_step=1, test_iter_step=1000, save_iter_step=1000, lr=0.05,
+                    test_batch_size=16, display_iter_step=1, test_iter_step=0, save_iter_step=1000, lr=0.05,
                     rotate=True)
     defaults.update(flags)
     return ["--%s=%s" % item for item in defaults.items()]

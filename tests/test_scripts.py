@@ -174,12 +174,15 @@ def test_eval_recall_matches_brute_force_on_infer_features(toy_root, trained_che
     test_list = reader.read_image_list(os.path.join(toy_root, reader.TEST_LIST))
     assert features.shape == (len(test_list.paths), 8) and paths == test_list.paths
 
-    results = eval_script.main(feature_flags(toy_root, trained_checkpoint, 7) + ["--recall_k=1,2,5"])
+    results = eval_script.main(feature_flags(toy_root, trained_checkpoint, 7) + ["--recall_k=1,2,5,100"])
     output = capsys.readouterr().out
-    for k in (1, 2, 5):
+    for k in (1, 2, 5, 100):
         assert results["recall@%d" % k] == pytest.approx(brute_force_recall(features, test_list.class_ids, k))
     assert re.search(r"End test %d, test_recall %.5f" % (len(features), results["recall@1"]), output)
-    assert "| Recall@5 |" in output and "| MAP@R |" in output
+    assert "| Recall@5 | %.4f |" % results["recall@5"] in output and "| MAP@R |" in output
+    # 100 reaches past the other test images: marked, with a note that says why it is (nearly) 1
+    assert "| Recall@100 | %.4f * |" % results["recall@100"] in output
+    assert "* K is at least the %d images each query searches" % (len(features) - 1) in output
 
 
 def test_without_weights_eval_scores_the_same_random_network_every_run(toy_root, capsys):
@@ -347,3 +350,24 @@ def test_a_loss_is_one_class_and_one_registry_entry(toy_root, tmp_path, capsys, 
     with pytest.raises(SystemExit) as caught:
         train_pair.main(train_flags(toy_root, tmp_path, "mean_gap", 2, gap_weight=0))
     assert caught.value.code == 2 and "--gap_weight: must be positive, got 0.0" in capsys.readouterr().err
+
+
+def test_flags_that_do_not_fit_the_data_stop_before_anything_is_written(toy_root, tmp_path, capsys):
+    """train_pair.py's default batch (60 classes of 2) on 12 classes, and a test step past the last iteration: one
+    line, exit 2, and no save directory, lock or run configuration left behind."""
+    for flags, message in [
+            (["--loss_name=eml", "--train_batch_size=120"], "--train_batch_size=120 / --samples_each_class=2 needs "
+                                                            "60 classes per batch, but only 12 classes have at least "
+                                                            "2 images (classes of %s/Ebay_train.txt)" % toy_root),
+            (["--test_iter_step=5"], "--test_iter_step: 5 is more than --total_iter_num=2: no test would run and no "
+                                     "best/ be kept; pass --test_iter_step=2 or less, or 0 to train without testing")]:
+        code, out, err = script_tools.run_main(train_pair, train_flags(toy_root, tmp_path / "out", "eml", 2) + flags,
+                                               capsys)
+        assert code == 2 and script_tools.error_line(err) == "error: " + message
+        assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_class_dim_far_above_the_classes_is_a_warning(toy_root, tmp_path, capsys):
+    train_elem.main(train_flags(toy_root, tmp_path, "softmax", 1, class_dim=11318))
+    assert ("warning: --class_dim=11318, but the training labels need only 12 outputs: 11306 of the classifier's are "
+            "never a target; pass --class_dim=12 (classes of %s/Ebay_train.txt)" % toy_root) in capsys.readouterr().err

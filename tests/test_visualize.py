@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import paddle
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 import eval as eval_script
 from core import programs
@@ -94,6 +94,11 @@ def test_more_queries_than_fit_make_more_grids(coloured_images, tmp_path, monkey
                                                             "retrieval_03.png"]
     heights = [Image.open(path).size[1] for path in written]
     assert heights == [8 + 2 * 128, 8 + 2 * 128, 8 + 128]
+
+
+def test_text_is_drawn_large_enough_for_its_spaces_to_show():
+    font = ImageFont.load_default(visualize.FONT_SIZE)
+    assert font.getlength(" ") >= 3 and font.getlength("Recall@K of") >= font.getlength("Recall@Kof") + 3
 
 
 def test_curve_ks_are_spread_on_a_log_axis():
