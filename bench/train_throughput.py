@@ -2,7 +2,7 @@
 convolutions and with the default kernels, the step end to end through the real reader, Paddle's dynamic mode, and
 PyTorch as a reference.
 
-    python bench/train_throughput.py            # the README tables: about 10 minutes on 2 cores
+    python bench/train_throughput.py            # the tables of docs/benchmarks.md: about 10 minutes on 2 cores
     python bench/train_throughput.py --quick    # a smoke test at tiny sizes, well under a minute
     python bench/train_throughput.py --models=ResNet50 --sides=224 --batch_sizes=64 --steps=10 --rounds=3
 
