@@ -24,7 +24,7 @@ def str2bool(text):
 def add_arguments(argname, type, default, help, argparser, **kwargs):
     """Adds `--argname` to `argparser`, in the original suite's call form.
 
-    Booleans accept True/False/1/0/yes/no, as `--use_gpu=False` in the README.
+    Booleans accept True/False/1/0/yes/no, as `--use_gpu=True` in the README.
     """
     type = str2bool if type == bool else type
     argparser.add_argument(

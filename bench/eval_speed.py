@@ -28,7 +28,7 @@ import utility  # noqa: E402
 from core import metrics  # noqa: E402
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--num_images", type=int, default=60502, help="Images, all-vs-all. Default: %(default)s (SOP test).")
@@ -47,7 +47,11 @@ def parse_args(argv=None):
         help="Best of this many alternating runs of the GEMM and the module. Default: %(default)s.")
     add("--use_faiss", type=utility.str2bool, default=True, help="Time faiss if installed. Default: True.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return make_parser().parse_args(argv)
 
 
 def sop_like(num_images, dim, noise, seed):

@@ -39,7 +39,7 @@ READERS = ("train", "eval")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--workers", type=utility.parse_int_list, default=[0, 1, 2, 4],
@@ -65,7 +65,11 @@ def parse_args(argv=None):
     add("--work_dir", default="/tmp/reader_throughput",
         help="Where the data sets are made, and kept for the next run. Default: %(default)s.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    args = make_parser().parse_args(argv)
     if min(args.workers) < 0:
         utility.flag_error("workers", "worker counts cannot be negative, got %s" % args.workers)
     for flag in ("batch_size", "batches", "toy_batches", "repeats", "large_classes", "toy_classes"):

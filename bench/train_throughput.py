@@ -2,7 +2,7 @@
 convolutions and with the default kernels, the step end to end through the real reader, Paddle's dynamic mode, and
 PyTorch as a reference.
 
-    python bench/train_throughput.py            # the README tables: about 10 minutes on 2 cores
+    python bench/train_throughput.py            # the tables of docs/benchmarks.md: about 10 minutes on 2 cores
     python bench/train_throughput.py --quick    # a smoke test at tiny sizes, well under a minute
     python bench/train_throughput.py --models=ResNet50 --sides=224 --batch_sizes=64 --steps=10 --rounds=3
 
@@ -58,7 +58,7 @@ BUILDERS = [(paddle.nn, name) for name in ("Conv2D", "BatchNorm2D", "Linear", "M
 BUILDERS.append((paddle.static, "create_parameter"))
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
@@ -79,6 +79,11 @@ def parse_args(argv=None):
     add("--torch", type=utility.str2bool, default=True, help="Time PyTorch if it is installed. Default: True.")
     add("--work_dir", default="/tmp/train_throughput", help="Data sets and checkpoint directory. Default: %(default)s.")
     add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    return parser
+
+
+def parse_args(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.quick:  # the user's own flags after QUICK, so that they win
         args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))

@@ -5,7 +5,8 @@
     trainer      the one training loop: programs -> steps -> log, test, save
     programs     the static programs: training (network + loss + optimizer) and features (image -> feature)
     checkpoint   atomic checkpoints, exact resume, the save-directory lock
-    weights      reading weight files (checkpoints, .pdparams, Fluid variable files) and loading them by name
+    weights      reading weight files: checkpoints, .pdparams, Fluid variable files
+    pretrained   --pretrained_model: loading weights by name and shape
     onednn       oneDNN on CPU: training convolutions, Paddle Inference's predictor for features
     distributed  data parallel over paddle.distributed.launch
     metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision

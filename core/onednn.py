@@ -2,7 +2,7 @@
 
 Paddle 3.3.1's own switch, `FLAGS_use_mkldnn`, is read when the executor first lowers a program to kernels and moves
 every op that has a oneDNN kernel onto oneDNN. Forward-only programs come out right and fast; training programs do
-not (measured on this suite's programs, details in the README under "Training and feature-extraction speed"):
+not (measured on this suite's programs, details in docs/benchmarks.md, "Why not Paddle's own switch"):
 `pool2d_grad` of max pooling fails (`dnnl::error`: the gradient arrives in another memory layout than the forward
 pass's workspace), `subtract_grad` and `divide_grad` return wrong gradients, `multiply`, `add` and `add_n` raise in
 some backward passes, and with the in-place pass on, an op placed after a oneDNN op can overwrite that op's output.
@@ -28,8 +28,9 @@ from paddle.base.libpaddle.pir import get_op_inplace_info
 
 CONV_ATTRIBUTES = ("strides", "paddings", "padding_algorithm", "dilations", "groups", "data_format")
 # op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them).
-# Measured on this suite's ResNets (README): oneDNN's batch-norm gradient is slow, its batch-norm forward pass does
-# not fit Paddle's gradient, and oneDNN relu made steps slower and changed the losses; convolutions alone are fastest.
+# Measured on this suite's ResNets (docs/benchmarks.md): oneDNN's batch-norm gradient is slow, its batch-norm forward
+# pass does not fit Paddle's gradient, and oneDNN relu made steps slower and changed the losses; convolutions alone are
+# fastest.
 OPS = {
     "conv2d": (("input", "filter"), ("out",), CONV_ATTRIBUTES,
                {"mkldnn_data_type": "float32", "onednn_data_type": "", "is_test": False, "force_fp32_output": False}),
@@ -130,9 +131,9 @@ class InferenceExecutor:
     """Runs a feature program through Paddle Inference's CPU predictor, with the weights `executor`'s scope holds now.
 
     The predictor's oneDNN passes fold batch norm into the convolutions and fuse relu and the residual additions into
-    them: 6 to 12 times the default kernels (README). It stands in for the `paddle.static.Executor` of that one
-    program: `run(program, feed={"image": images}, fetch_list=[feature])` returns `[features]`. Training changes the
-    weights, so the training scripts make a new one for each test.
+    them: 6 to 12 times the default kernels (docs/benchmarks.md). It stands in for the `paddle.static.Executor` of
+    that one program: `run(program, feed={"image": images}, fetch_list=[feature])` returns `[features]`. Training
+    changes the weights, so the training scripts make a new one for each test.
     """
 
     def __init__(self, feature_program, executor):

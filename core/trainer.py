@@ -215,7 +215,8 @@ class TrainingRun:
     def test(self):
         """Tests Recall@1 on the test split (first process only); with --save_best keeps the best one's weights."""
         # On CPU a predictor made from this iteration's weights: it takes a second or two to make, and extracts
-        # features 1.1 to 1.5 times as fast as the feature program with its own image ops on oneDNN did (README).
+        # features 1.1 to 1.5 times as fast as the feature program with its own image ops on oneDNN did
+        # (docs/benchmarks.md).
         executor = onednn.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn else self.executor
         num_images, recall = test_recall(executor, self.feature_program, self.data.test_list, self.args)
         log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))

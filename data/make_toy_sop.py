@@ -272,7 +272,7 @@ def str_to_bool(text):
     raise argparse.ArgumentTypeError("expected True or False, got {!r}".format(text))
 
 
-def main(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out_dir", default="data/toy_sop", help="data root to create. Default: %(default)s.")
     parser.add_argument("--num_train_classes", type=int, default=300, help="train products. Default: %(default)s.")
@@ -283,6 +283,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random seed. Default: %(default)s.")
     parser.add_argument("--overwrite", type=str_to_bool, default=False,
                         help="replace a toy SOP made here with other arguments. Default: %(default)s.")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     try:
         summary = make_toy_sop(**vars(args))

@@ -16,7 +16,7 @@ import numpy as np
 import scipy.io
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the suite's root, as a script
-from data.prepare_common import DatasetError, ListEntry, run, write_lists  # noqa: E402
+from data.prepare_common import DatasetError, ListEntry, converter_parser, run, write_lists  # noqa: E402
 
 LAST_TRAIN_CLASS = 98
 FULL_ANNOTATIONS = "cars_annos.mat"
@@ -72,8 +72,12 @@ def convert(data_dir):
     return write_lists(data_dir, {"Ebay_train.txt": train, "Ebay_test.txt": test})
 
 
+def make_parser():
+    return converter_parser(__doc__)
+
+
 def main(argv=None):
-    return run(convert, argv, __doc__)
+    return run(convert, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -87,14 +87,19 @@ def write_lists(data_dir, lists):
     return [summary(name, entries) for name, entries in lists.items()]
 
 
-def run(convert, argv, description):
-    """The converters' command line: `--data_dir` is the unpacked release.
-
-    A flag error exits with code 2, a release not laid out as expected with code 1; both print one line.
-    """
+def converter_parser(description):
+    """The converters' command line: `--data_dir` is the unpacked release."""
     parser = utility.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="Directory the official release was unpacked to; the "
                         "list files are written there.")
+    return parser
+
+
+def run(convert, parser, argv):
+    """Runs a converter with the command line `argv` parsed by `parser` (a `converter_parser`).
+
+    A flag error exits with code 2, a release not laid out as expected with code 1; both print one line.
+    """
     args = parser.parse_args(argv)
     if not os.path.isdir(args.data_dir):
         utility.flag_error("data_dir", "%s is not a directory" % args.data_dir)

@@ -12,7 +12,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the suite's root, as a script
-from data.prepare_common import DatasetError, ListEntry, parse_int, read_table, run, write_lists  # noqa: E402
+from data.prepare_common import (DatasetError, ListEntry, converter_parser, parse_int, read_table, run,  # noqa: E402
+                                 write_lists)
 
 LAST_TRAIN_CLASS = 100
 
@@ -50,8 +51,12 @@ def convert(data_dir):
     return write_lists(data_dir, {"Ebay_train.txt": train, "Ebay_test.txt": test})
 
 
+def make_parser():
+    return converter_parser(__doc__)
+
+
 def main(argv=None):
-    return run(convert, argv, __doc__)
+    return run(convert, make_parser(), argv)
 
 
 if __name__ == "__main__":

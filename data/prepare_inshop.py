@@ -16,7 +16,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the suite's root, as a script
-from data.prepare_common import DatasetError, ListEntry, parse_int, read_table, run, write_lists  # noqa: E402
+from data.prepare_common import (DatasetError, ListEntry, converter_parser, parse_int, read_table, run,  # noqa: E402
+                                 write_lists)
 
 PARTITION = os.path.join("Eval", "list_eval_partition.txt")
 PARTITION_HEADER = ["image_name", "item_id", "evaluation_status"]
@@ -88,8 +89,12 @@ def convert(data_dir):
     return write_lists(data_dir, lists)
 
 
+def make_parser():
+    return converter_parser(__doc__)
+
+
 def main(argv=None):
-    return run(convert, argv, __doc__)
+    return run(convert, make_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Each loss is one file and one class implementing `base.Loss`; `LOSSES` maps its name to it. train_elem.py offers the
 losses with a classifier head, train_pair.py the others. Adding a loss: its file, one line below, its tests and its
-row in the README's loss table.
+row in the loss table of docs/training.md.
 """
 import core  # noqa: F401  (thread counts set before paddle is imported)
 
