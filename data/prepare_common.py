@@ -87,11 +87,13 @@ def write_lists(data_dir, lists):
     return [summary(name, entries) for name, entries in lists.items()]
 
 
-def converter_parser(description):
-    """The converters' command line: `--data_dir` is the unpacked release."""
+def converter_parser(description, flags=()):
+    """The converters' command line: `--data_dir` is the unpacked release; `flags` (utility.Flag) are the converter's
+    own, passed to it by name."""
     parser = utility.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", required=True, help="Directory the official release was unpacked to; the "
                         "list files are written there.")
+    parser.add_flags(flags)
     return parser
 
 
@@ -104,7 +106,7 @@ def run(convert, parser, argv):
     if not os.path.isdir(args.data_dir):
         utility.flag_error("data_dir", "%s is not a directory" % args.data_dir)
     with utility.exit_on(DatasetError):
-        lines = convert(args.data_dir)
+        lines = convert(args.data_dir, **{name: getattr(args, name) for name in parser.flags})
     for line in lines:
         utility.log(line)
     return lines

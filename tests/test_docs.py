@@ -13,7 +13,7 @@ import infer
 import train_elem
 import train_pair
 from bench_tools import ROOT, load_bench
-from data import make_toy_sop, prepare_cars196, prepare_cub200, prepare_inshop
+from data import make_toy_sop, prepare_cars196, prepare_cub200, prepare_folder, prepare_inshop
 
 PAGES = ["README.md", "README_cn.md"] + sorted(os.path.relpath(path, ROOT)
                                                for path in glob.glob(os.path.join(ROOT, "docs", "*.md")))
@@ -32,7 +32,7 @@ def suite_parsers():
     modules = {"train_elem.py": train_elem, "train_pair.py": train_pair, "eval.py": eval_script, "infer.py": infer,
                "export_model.py": export_model, "demo.py": demo, "data/make_toy_sop.py": make_toy_sop,
                "data/prepare_cub200.py": prepare_cub200, "data/prepare_cars196.py": prepare_cars196,
-               "data/prepare_inshop.py": prepare_inshop}
+               "data/prepare_inshop.py": prepare_inshop, "data/prepare_folder.py": prepare_folder}
     parsers = {script: module.make_parser() for script, module in modules.items()}
     for name in BENCHMARKS:
         parsers["bench/%s.py" % name] = load_bench(name).make_parser()
