@@ -1,4 +1,7 @@
-"""bench/train_throughput.py --quick end to end: every configuration gets a row of positive rates and its ratios."""
+"""bench/train_throughput.py --quick end to end: every configuration gets a row of positive rates and its ratios.
+
+The ratios are checked against the unrounded medians the benchmark measured, never against its rounded columns:
+at low rates the rounding alone moves a ratio of rounded figures past any tolerance."""
 import pytest
 
 from bench_tools import load_bench, table_rows
@@ -6,15 +9,19 @@ from bench_tools import load_bench, table_rows
 
 def test_quick_run_prints_a_row_per_loss_and_a_feature_row(tmp_path, capsys):
     bench = load_bench("train_throughput")
-    bench.main(["--quick", "--torch=False", "--work_dir=%s" % tmp_path])
+    (group,), torch_rates = bench.main(["--quick", "--torch=False", "--work_dir=%s" % tmp_path])
     output = capsys.readouterr().out
+    assert torch_rates == {}
     training = table_rows(output, 13, "model")
     assert [(row[0], row[1], row[3]) for row in training] == [("ResNet18", "3x32x32", "arcmargin"),
                                                               ("ResNet18", "3x32x32", "eml")]
     for row in training:
-        fast, e2e, ratio, default, speedup, dynamic = (float(value) for value in row[4:10])
+        loss = row[3]
+        fast, e2e = group.median((loss, "oneDNN")), group.median((loss, "end to end"))
+        default, dynamic = group.median((loss, "default")), group.median((loss, "dynamic"))
         assert min(fast, e2e, default, dynamic) > 0
-        assert ratio == pytest.approx(e2e / fast, abs=0.01) and speedup == pytest.approx(fast / default, abs=0.1)
+        assert row[4:11] == ["%.1f" % fast, "%.1f" % e2e, "%.2f" % (e2e / fast), "%.1f" % default,
+                             "%.1f" % (fast / default), "%.1f" % dynamic, "%.1f" % (fast / dynamic)]
         assert row[11:] == ["-", "-"]  # no PyTorch asked for
     (features,) = table_rows(output, 8, "model")
     assert features[:3] == ["ResNet18", "3x32x32", "4"] and min(float(value) for value in features[3:6]) > 0

@@ -291,7 +291,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(toy_root, tmp_path):
     assert match, output
     assert os.path.isfile(os.path.join(match.group(2), "trainer_state.json"))
     assert json.load(open(os.path.join(match.group(2), "trainer_state.json")))["iteration"] == int(match.group(1))
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60  # a bound for a loaded machine: workers normally go within a second
     while [pid for pid in workers if os.path.exists("/proc/%d" % pid)] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if os.path.exists("/proc/%d" % pid)]
