@@ -8,8 +8,6 @@ import argparse
 import os
 import shutil
 
-import paddle
-
 import utility
 from core import checkpoint, flags, programs
 from utility import log
@@ -37,8 +35,7 @@ def main(argv=None):
     target = os.path.abspath(args.model_save_dir)
     staging = target + ".saving-%d" % os.getpid()
     shutil.rmtree(staging, ignore_errors=True)
-    paddle.static.save_inference_model(os.path.join(staging, EXPORT_PREFIX), [feature_program.image],
-                                       [feature_program.feature], executor, program=feature_program.program)
+    programs.save_inference_model(feature_program, executor, os.path.join(staging, EXPORT_PREFIX))
     if os.path.isdir(target):
         shutil.rmtree(target)
     os.rename(staging, target)

@@ -133,6 +133,12 @@ def build_feature_program(model_name, embedding_size, image_shape):
     return FeatureProgram(program, startup, image, feature)
 
 
+def save_inference_model(feature_program, executor, prefix):
+    """Writes the feature program with the weights `executor`'s scope holds: prefix.json and prefix.pdiparams."""
+    paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
+                                       program=feature_program.program)
+
+
 def extract_features(executor, feature_program, batches, num_images=None, description="features"):
     """Runs the feature program over `(images, tags)` batches; returns the stacked features and the tags.
 

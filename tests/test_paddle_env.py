@@ -14,3 +14,16 @@ def test_scripts_start_without_paddles_thread_warning_and_with_all_cores():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(os.cpu_count())
     assert "OMP_NUM_THREADS" not in result.stderr
+
+
+def test_every_command_starts_quietly():
+    """`--help` of every command prints its help and nothing on stderr: Paddle is imported after the set-up, so no
+    thread warning, no warning of Paddle's own."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(core.__file__)))
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    for script in ("train_elem.py", "train_pair.py", "eval.py", "infer.py", "export_model.py", "demo.py",
+                   "data/prepare_folder.py"):
+        result = subprocess.run([sys.executable, os.path.join(root, script), "--help"], cwd=root, env=environment,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0 and "usage:" in result.stdout, (script, result.stderr)
+        assert result.stderr == "", (script, result.stderr)
