@@ -8,6 +8,7 @@
     weights      reading weight files (checkpoints, .pdparams, Fluid variable files) and loading them by name
     onednn       oneDNN on CPU: training convolutions, Paddle Inference's predictor for features
     distributed  data parallel over paddle.distributed.launch
+    similarity   the blocked, memory-bounded similarity matrix behind metrics, neighbours and rerank
     metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision
     visualize    retrieval pictures and the Recall@K curve
     run_log      the run's configuration file and VisualDL scalars
