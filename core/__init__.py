@@ -10,6 +10,8 @@
     distributed  data parallel over paddle.distributed.launch
     similarity   the blocked, memory-bounded similarity matrix behind metrics, neighbours and rerank
     metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision
+    neighbours   exact top-K search on the same blocks
+    rerank       k-reciprocal re-ranking and query expansion
     visualize    retrieval pictures and the Recall@K curve
     run_log      the run's configuration file and VisualDL scalars
     image_ops    decoding, augmentation and the test-time path of one image
