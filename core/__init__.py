@@ -12,6 +12,7 @@
     metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision
     neighbours   exact top-K search on the same blocks
     rerank       k-reciprocal re-ranking and query expansion
+    clustering   k-means of the features and its NMI and pair F1 against the classes
     visualize    retrieval pictures and the Recall@K curve
     run_log      the run's configuration file and VisualDL scalars
     image_ops    decoding, augmentation and the test-time path of one image
