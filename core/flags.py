@@ -87,6 +87,9 @@ BATCH_SIZE = Flag("batch_size", int, 10, "Mini-batch size.", positive)
 # The flags of every script that runs the network on images.
 NETWORK = (MODEL, EMBEDDING_SIZE, IMAGE_SHAPE, USE_GPU, USE_MKLDNN, PRETRAINED_MODEL, DATA_DIR, NUM_WORKERS)
 
+SEED = Flag("seed", int, 0, "Random seed: of initialisation, sampling and augmentation in training; of k-means in "
+            "eval.py --cluster_metrics.")
+
 MODEL_SAVE_DIR = Flag("model_save_dir", str, "output", "Output directory: training saves its checkpoints to "
                       "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.")
 
@@ -127,7 +130,7 @@ TRAINING = (
     Flag("test_list", str, reader.TEST_LIST, "List file the periodic test scores (in --data_dir, or an absolute "
          "path; its image paths are relative to --data_dir): the test split, or a validation list of classes held "
          "out of training, so that best/ is chosen without looking at the test split."),
-    Flag("seed", int, 0, "Random seed of initialisation, sampling and augmentation."),
+    SEED,
     NUM_WORKERS,
     Flag("crop_scale_min", float, 0.08, "Smallest area fraction of the random-resized crop.", _fraction),
     Flag("random_flip", bool, True, "Random horizontal flips in training."),
@@ -156,6 +159,33 @@ EVALUATION = (
     Flag("vis_queries", int, 20, "Queries in the --save_vis grids, spread over the query list.", positive),
     Flag("vis_top_k", int, 8, "Results per query in the --save_vis grids.", positive),
 )
+
+
+def _unit_interval(value):
+    return None if 0 <= value <= 1 else "must be in [0, 1], got %s" % value
+
+
+# Re-ranking a query's results against the gallery (core/rerank.py): eval.py's query/gallery mode, search.py query.
+RERANKING = (
+    Flag("qe_k", int, 0, "Query expansion: each query is replaced by the normalised sum of itself and its --qe_k "
+         "nearest gallery items, weighted by similarity^--qe_alpha, and searched again (0: off).", non_negative),
+    Flag("qe_alpha", float, 0.0, "Exponent of the query-expansion weights: 0 is average query expansion, 3 the "
+         "usual alpha-QE.", non_negative),
+    Flag("rerank", bool, False, "k-reciprocal re-ranking (Zhong et al. 2017) of the gallery for each query, after "
+         "any query expansion. Costs one exact k-NN pass over all queries and gallery items together."),
+    Flag("rerank_k1", int, 20, "k1 of k-reciprocal re-ranking: size of the neighbourhoods whose reciprocity counts.",
+         positive),
+    Flag("rerank_k2", int, 6, "k2 of k-reciprocal re-ranking: neighbours averaged by local query expansion "
+         "(1: none).", positive),
+    Flag("rerank_lambda", float, 0.3, "lambda of k-reciprocal re-ranking: weight of the original distance against "
+         "the Jaccard distance.", _unit_interval),
+)
+
+CLUSTER_METRICS = Flag("cluster_metrics", bool, False, "Also NMI and F1 of a k-means clustering of the test features "
+                       "into as many clusters as test classes (faiss's k-means when faiss is installed, NumPy's "
+                       "otherwise; seeded by --seed).")
+BY_SUPER_CLASS = Flag("by_super_class", bool, False, "Also Recall@K for the queries of each super class "
+                      "(super_class_id of the query list), each still searching all test images.")
 
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
                      "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
@@ -188,3 +218,6 @@ def check_query_gallery(args):
     if bool(args.query_list) != bool(args.gallery_list):
         flag_error("query_list" if args.query_list else "gallery_list",
                    "give --query_list and --gallery_list together")
+    for flag in ("rerank", "qe_k"):
+        if getattr(args, flag) and not args.gallery_list:
+            flag_error(flag, "re-ranking needs a gallery: give --query_list and --gallery_list")
