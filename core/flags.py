@@ -11,7 +11,7 @@ import paddle
 
 import models
 import reader
-from core import checkpoint, distributed, metrics, programs
+from core import checkpoint, distributed, faiss_search, metrics, programs
 from utility import Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
@@ -145,6 +145,10 @@ TRAINING = (
          "(optional: pip install visualdl)."),
 )
 
+SAVE_VIS = Flag("save_vis", str, None, "Directory to draw into: pictures of queries with their top results (green: "
+                "same class, red: other, grey: unknown); eval.py draws grids of several queries and the Recall@K "
+                "curve, search.py query one picture per query.")
+
 EVALUATION = (
     Flag("recall_k", parse_int_list, [1, 10, 100, 1000], "The K of Recall@K to report.", _positive_ints),
     Flag("eval_memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Memory budget of one block of the similarity matrix.",
@@ -154,8 +158,7 @@ EVALUATION = (
          "test images searching each other, e.g. Ebay_query.txt of In-Shop."),
     Flag("gallery_list", str, None, "List file (in --data_dir) of the gallery --query_list searches, e.g. "
          "Ebay_gallery.txt of In-Shop."),
-    Flag("save_vis", str, None, "Directory to draw into: PNG grids of queries with their top results (green: same "
-         "class, red: other), and the Recall@K curve."),
+    SAVE_VIS,
     Flag("vis_queries", int, 20, "Queries in the --save_vis grids, spread over the query list.", positive),
     Flag("vis_top_k", int, 8, "Results per query in the --save_vis grids.", positive),
 )
@@ -189,6 +192,57 @@ BY_SUPER_CLASS = Flag("by_super_class", bool, False, "Also Recall@K for the quer
 
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
                      "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
+
+
+def _faiss_type(index_type):
+    if index_type != "exact" and not faiss_search.available():
+        return "%s needs faiss (pip install faiss-cpu); exact search needs nothing" % index_type
+    return None
+
+
+INDEX_TYPE = Flag("index_type", str, "exact", "Search structure: exact (none: exact blocked search over the features) "
+                  "or, with faiss installed, flat (faiss's exact search), ivf or hnsw (approximate).",
+                  lambda value: one_of(("exact",) + faiss_search.INDEX_TYPES)(value) or _faiss_type(value))
+SEARCH_INDEX = (
+    Flag("index_dir", str, None, "The index directory (search.py build writes it, add and query read it)."),
+    Flag("images", str, None, "The images: a folder (every image file under it), one image, a list in the SOP "
+         "format (its class_id is kept as the label) or a plain list of image paths; a list's relative paths are "
+         "relative to its own folder."),
+)
+SEARCH_FEATURES = Flag("features", str, None, "build/add: take infer.py --save_features output (PATH.npy and "
+                       "PATH.paths.txt) instead of extracting; the model flags must be the ones infer.py ran with. "
+                       "With --images an SOP list of the same images, in the same order, gives the labels.",
+                       _npy_file)
+SEARCH_BUILD = (
+    INDEX_TYPE,
+    Flag("nlist", int, 0, "ivf: number of cells (0: 4 sqrt(N)).", non_negative),
+    Flag("hnsw_m", int, 32, "hnsw: links per item.", positive),
+    Flag("ef_construction", int, 40, "hnsw: candidate list while building.", positive),
+    SEED,
+)
+SEARCH_QUERY = (
+    Flag("top_k", int, 5, "Results per query.", positive),
+    Flag("output", str, None, "Also write the results as JSON lines to this file: one line per query, "
+         '{"query", "label", "results": [{"rank", "score", "path", "label"}]}, or {"query", "error"} for a query '
+         "image that could not be read."),
+    SAVE_VIS,
+    Flag("memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Exact search: memory budget of one block of the similarity "
+         "matrix (the normalised gallery, N x D float32, comes on top).", positive),
+    Flag("nprobe", int, 16, "ivf: cells a query searches.", positive),
+    Flag("ef_search", int, 64, "hnsw: candidates a query explores (at least --top_k).", positive),
+    Flag("check_exact", int, 0, "With an ivf, hnsw or flat index: also search the first N queries exactly and report "
+         "the index's recall@--top_k against exact search (0: off).", non_negative),
+)
+
+
+def check_search(args):
+    """The checks that relate search.py's flags; each names the flag to change."""
+    if not args.index_dir:
+        flag_error("index_dir", "give the index directory")
+    if args.command in ("build", "add") and not (args.images or args.features):
+        flag_error("images", "give the images to index (or --features from infer.py)")
+    if args.command == "query" and not args.images:
+        flag_error("images", "give the query images")
 
 
 def check_training(args):
