@@ -90,6 +90,7 @@ def load(path):
 
 def recall_against(approximate, exact):
     """Recall@k of approximate results against exact ones: the share of each query's exact k found, averaged."""
+    approximate, exact = np.asarray(approximate), np.asarray(exact)
     k = exact.shape[1]
     found = [len(np.intersect1d(a[a >= 0], e)) / k for a, e in zip(approximate, exact)]
     return float(np.mean(found)) if found else 1.0
