@@ -217,7 +217,8 @@ def report(args, gallery, paths, labels, indices, scores, skipped):
     print(" rank     score    label  path")
     for query, (path, label) in enumerate(zip(paths, labels)):
         results = [{"rank": rank, "score": float(score), "path": gallery.paths[found], "label": gallery.labels[found]}
-                   for rank, (found, score) in enumerate(zip(indices[query], scores[query]), start=1)]
+                   for rank, (found, score) in enumerate(zip(indices[query], scores[query]), start=1)
+                   if found >= 0]  # an approximate index may find fewer than --top_k
         records.append({"query": path, "label": label, "results": results})
         print("query %d: %s%s" % (query + 1, path, "" if label is None else " (label %d)" % label))
         for result in results:

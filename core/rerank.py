@@ -33,13 +33,16 @@ _CHUNK_ITEMS = 512      # items whose reciprocal sets are found together (about 
 
 
 def expand_queries(query_features, gallery_features, indices, scores, alpha=0.0):
-    """alpha-QE (module docstring) from each query's nearest gallery items `indices` and their similarities."""
+    """alpha-QE (module docstring) from each query's nearest gallery items `indices` (-1: none) and their
+    similarities."""
     queries = similarity.l2_normalize(query_features)
     if indices.shape[1] == 0:
         return queries
-    weights = np.maximum(scores, 0) ** alpha if alpha else np.ones_like(scores)
+    found = indices >= 0  # an approximate index may return fewer than k (index -1)
+    weights = np.where(found, np.maximum(scores, 0) ** alpha if alpha else 1.0, 0.0).astype(np.float32)
     for column in range(indices.shape[1]):
-        queries += weights[:, column:column + 1] * similarity.l2_normalize(gallery_features[indices[:, column]])
+        neighbour = similarity.l2_normalize(gallery_features[np.maximum(indices[:, column], 0)])
+        queries += weights[:, column:column + 1] * neighbour
     return similarity.l2_normalize(queries)
 
 

@@ -108,6 +108,10 @@ def test_query_expansion_is_the_weighted_mean_of_the_query_and_its_neighbours():
         np.testing.assert_allclose(got, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
     np.testing.assert_allclose(rerank.expand_queries(queries, gallery, index[:, :0], scores[:, :0]),
                                similarity.l2_normalize(queries))
+    missing = index.copy()
+    missing[:, 2] = -1  # what faiss returns when it finds fewer than k
+    np.testing.assert_allclose(rerank.expand_queries(queries, gallery, missing, scores),
+                               rerank.expand_queries(queries, gallery, index[:, :2], scores[:, :2]), atol=1e-6)
 
 
 def test_query_expansion_and_k_reciprocal_lift_map_on_clustered_data():
