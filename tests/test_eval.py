@@ -34,6 +34,8 @@ def test_super_class_recall_and_clustering_come_from_the_features(toy_root, tmp_
         assert got["num_queries"] == chosen.sum()
         assert got["recall@1"] == pytest.approx(hits[1]) and got["recall@3"] == pytest.approx(hits[3])
     assert results["recall@1"] == pytest.approx(brute_force(features, test_list.class_ids, ks=(1,))["recall@1"])
+    weighted = sum(group["recall@3"] * group["num_queries"] for group in results["by_super_class"].values())
+    assert weighted / len(features) == pytest.approx(results["recall@3"])
     assert "| super class | queries | Recall@1 | Recall@3 |" in output
     clusters = clustering.clustering_metrics(features, test_list.class_ids, seed=5)
     assert results["nmi"] == pytest.approx(clusters["nmi"], abs=1e-6)
