@@ -194,7 +194,7 @@ def test_a_broken_or_newer_index_is_refused_in_one_line(gallery_index_dir, split
         assert code == 1 and error_line(err).startswith("error: %s: " % broken) and message in err
 
 
-def test_a_crash_while_adding_leaves_the_previous_index_usable(split_toy, tmp_path, capsys, monkeypatch):
+def test_a_crash_while_adding_or_building_leaves_the_previous_index_usable(split_toy, tmp_path, capsys, monkeypatch):
     root, _ = split_toy
     index_dir = str(tmp_path / "index")
     features = os.path.join(root, "features.npy")
@@ -209,6 +209,8 @@ def test_a_crash_while_adding_leaves_the_previous_index_usable(split_toy, tmp_pa
     monkeypatch.setattr(gallery_index, "_save_json", crash)
     with pytest.raises(KeyboardInterrupt):
         search.main(flags("add", index_dir, features=features))
+    with pytest.raises(KeyboardInterrupt):  # a new build over it, from other images
+        search.main(flags("build", index_dir, os.path.join(root, "Ebay_query.txt")))
     monkeypatch.undo()
     assert len(os.listdir(index_dir)) > len(files_before)  # the new part and the half manifest are there, unnamed
     after = search.main(flags("query", index_dir, os.path.join(root, "Ebay_query.txt")))
