@@ -72,8 +72,9 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     query_groups: N group ids (e.g. SOP super classes); the same metrics are then also given per group, over the
     queries of that group (each still searching the whole gallery).
     rescore: rank by other scores than the cosine similarity of the features, e.g. a rerank.KReciprocal of
-    these queries and gallery: an object with `bytes_per_element` and `open_blocks(width, rows)`, which returns
-    blocks (similarity.NumpyBlocks) whose similarities are its scores, higher meaning nearer.
+    these queries and gallery: an object with `num_queries`, `num_gallery`, `bytes_per_element` and
+    `open_blocks(width, rows)`, which returns blocks (similarity.NumpyBlocks) whose similarities are its scores,
+    higher meaning nearer.
     Returns {'recall@K': float for each K, 'map@r': float, 'r_precision': float,
              'num_queries': int, 'num_no_positive': int}, and with query_groups 'by_group': {group: that dict}.
     """
@@ -100,9 +101,13 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     width = _group_width(max_positives)
     num_gallery = len(gallery_labels)
     ranks = _Ranks(len(query_labels))
+    if rescore is not None and (rescore.num_queries, rescore.num_gallery) != (len(query_labels), num_gallery):
+        raise ValueError("rescore is of %d queries and %d gallery items, the labels of %d and %d"
+                         % (rescore.num_queries, rescore.num_gallery, len(query_labels), num_gallery))
     if max_positives > 0 and rescore is not None:
         rows = block_size or block_rows(num_gallery, memory_mb, max_positives, rescore.bytes_per_element)
-        _scan(rescore.open_blocks(width, min(int(rows), len(query_labels))), positives, rows, width, ranks)
+        rows = min(int(rows), len(query_labels))
+        _scan(rescore.open_blocks(width, rows), positives, rows, width, ranks)
     elif max_positives > 0:
         gallery = similarity.padded_gallery(gallery_features, width)
         queries = gallery[:num_gallery] if same else l2_normalize(query_features)
