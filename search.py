@@ -133,9 +133,12 @@ def build(args):
 
 def add(args):
     rank, world_size = distributed.init()
-    gallery_index.load(args.index_dir)  # refuse a broken index before extracting anything
+    existing = gallery_index.load(args.index_dir)  # refuse a broken index before extracting anything
+    if existing.approximate and not faiss_search.available():
+        raise SearchError("%s has a faiss %s structure: adding to it needs faiss (pip install faiss-cpu)"
+                          % (args.index_dir, existing.approximate["type"]))
     executor, feature_program, model = load_model(args)
-    gallery_index.load(args.index_dir).check_model(model)
+    existing.check_model(model)
     images = new_images(args, executor, feature_program, rank, world_size)
     if images is None:
         return
@@ -144,14 +147,11 @@ def add(args):
         gallery = gallery_index.load(args.index_dir)  # again, under the lock: another add may have committed
         gallery.check_model(model)
         if features.shape[1] != gallery.dim:
-            raise SearchError("%s: %d-d features, the index holds %d-d ones" % (args.features, features.shape[1],
-                                                                                gallery.dim))
+            raise SearchError("%s: %d-d features, the index holds %d-d ones"
+                              % (args.features or args.images, features.shape[1], gallery.dim))
         part = writer.part(features, paths, labels)
         approximate = gallery.approximate
         if approximate:
-            if not faiss_search.available():
-                raise SearchError("%s has a faiss %s structure: adding to it needs faiss (pip install faiss-cpu)"
-                                  % (args.index_dir, approximate["type"]))
             structure = faiss_search.load(gallery.file(approximate["file"]))
             faiss_search.add(structure, features)
             parameters = {key: value for key, value in approximate.items() if key not in ("type", "file")}
