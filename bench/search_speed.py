@@ -9,8 +9,9 @@ queries searched as one batch), the peak memory it adds to the process, and reca
   * neighbours.ExactIndex (what search.py query does without faiss): build = normalising and padding the gallery;
     its results are the reference of the other rows, and are checked on --check_queries queries against a full
     argpartition of their float64 similarities;
-  * faiss IndexFlatIP, IndexIVFFlat (--nlist cells, --nprobe searched) and IndexHNSWFlat (--hnsw_m links,
-    --ef_construction, --ef_search), when faiss is installed (pip install faiss-cpu).
+  * faiss IndexFlatIP, IndexIVFFlat (--nlist cells, each of --nprobe searched) and IndexHNSWFlat (--hnsw_m links,
+    --ef_construction, each of --ef_search), when faiss is installed (pip install faiss-cpu); a structure's build
+    time is that of its first row.
 The bare product and exact search alternate --repeat times and keep their best times, so that their ratio compares
 them under the same load; other processes on the machine still make single figures noisy.
 """
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import core  # noqa: E402,F401  (thread count for BLAS, before numpy loads)
 import numpy as np  # noqa: E402
 
+import utility  # noqa: E402
 from core import faiss_search, neighbours, similarity  # noqa: E402
 from eval_speed import measured  # noqa: E402
 
@@ -41,16 +43,19 @@ def parse_args(argv=None):
     add("--num_queries", type=int, default=1000, help="Queries, searched as one batch. Default: %(default)s.")
     add("--top_k", type=int, default=10, help="K of the search and of recall@K. Default: %(default)s.")
     add("--num_classes", type=int, default=50000, help="Classes of the synthetic data. Default: %(default)s.")
-    add("--noise", type=float, default=1.0, help="Norm of the noise around a unit class centre. Default: %(default)s.")
+    add("--noise", type=float, default=0.6, help="Norm of the noise around a unit class centre: same-class items "
+        "have a cosine similarity of about 1 / (1 + noise^2). Default: %(default)s.")
     add("--memory_mb", type=float, default=similarity.DEFAULT_MEMORY_MB,
         help="Block budget of the exact search. Default: %(default)s.")
     add("--check_queries", type=int, default=20, help="Queries whose exact results are checked against a full "
         "float64 argpartition. Default: %(default)s.")
     add("--nlist", type=int, default=1024, help="IVF cells. Default: %(default)s.")
-    add("--nprobe", type=int, default=16, help="IVF cells searched a query. Default: %(default)s.")
+    add("--nprobe", type=utility.parse_int_list, default=[16, 64], help="IVF cells searched a query; a row for each. "
+        "Default: 16,64.")
     add("--hnsw_m", type=int, default=32, help="HNSW links an item. Default: %(default)s.")
     add("--ef_construction", type=int, default=40, help="HNSW build candidates. Default: %(default)s.")
-    add("--ef_search", type=int, default=64, help="HNSW query candidates. Default: %(default)s.")
+    add("--ef_search", type=utility.parse_int_list, default=[64, 256], help="HNSW query candidates; a row for "
+        "each. Default: 64,256.")
     add("--repeat", type=int, default=2, help="Best of this many alternating runs of the bare product and exact "
         "search, which the table compares. Default: %(default)s.")
     add("--use_faiss", type=lambda text: text.lower() in ("1", "true", "yes"), default=True,
@@ -106,21 +111,23 @@ def format_table(rows, k):
 
 
 def faiss_rows(args, gallery, queries, exact):
-    """Build and search each faiss structure in turn, freeing it before the next."""
+    """Build each faiss structure in turn, search it with each query parameter, free it before the next."""
     rows = []
-    kinds = [("faiss IndexFlatIP", "flat", {}),
-             ("faiss IndexIVFFlat (nlist %d, nprobe %d)" % (args.nlist, args.nprobe), "ivf", {"nlist": args.nlist}),
-             ("faiss IndexHNSWFlat (M %d, efConstruction %d, efSearch %d)"
-              % (args.hnsw_m, args.ef_construction, args.ef_search), "hnsw",
-              {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction})]
-    for name, kind, parameters in kinds:
+    kinds = [("faiss IndexFlatIP", "flat", {}, [("", {})]),
+             ("faiss IndexIVFFlat (nlist %d" % args.nlist, "ivf", {"nlist": args.nlist},
+              [(", nprobe %d)" % nprobe, {"nprobe": nprobe}) for nprobe in args.nprobe]),
+             ("faiss IndexHNSWFlat (M %d, efConstruction %d" % (args.hnsw_m, args.ef_construction), "hnsw",
+              {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction},
+              [(", efSearch %d)" % ef, {"ef_search": ef}) for ef in args.ef_search])]
+    for name, kind, parameters, settings in kinds:
         (structure, _), build_seconds, _, build_mb = measured(faiss_search.build, kind, gallery, seed=args.seed,
                                                               **parameters)
-        (found, _), seconds, _, search_mb = measured(faiss_search.search, structure, queries, args.top_k,
-                                                     args.nprobe, args.ef_search)
-        rows.append(row(name, build_seconds, seconds, len(queries), max(build_mb, search_mb),
-                        faiss_search.recall_against(found, exact)))
-        print("measured %s" % name, flush=True)
+        for suffix, setting in settings:
+            (found, _), seconds, _, search_mb = measured(faiss_search.search, structure, queries, args.top_k,
+                                                         **setting)
+            rows.append(row(name + suffix, build_seconds, seconds, len(queries), max(build_mb, search_mb),
+                            faiss_search.recall_against(found, exact)))
+            print("measured %s" % (name + suffix), flush=True)
         del structure
     return rows
 

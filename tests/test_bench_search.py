@@ -5,7 +5,7 @@ from bench_tools import load_bench, table_rows
 from core import faiss_search
 
 TINY = ["--num_gallery=3000", "--dim=16", "--num_queries=40", "--num_classes=50", "--top_k=5", "--nlist=8",
-        "--nprobe=8", "--ef_construction=16", "--ef_search=16", "--hnsw_m=8", "--check_queries=10", "--repeat=1"]
+        "--nprobe=2,8", "--ef_construction=16", "--ef_search=16", "--hnsw_m=8", "--check_queries=10", "--repeat=1"]
 
 
 @pytest.mark.parametrize("use_faiss", [False, True])
@@ -19,7 +19,10 @@ def test_tiny_run_prints_one_row_per_method(capsys, use_faiss):
     assert [row[0] for row in printed] == [row[0] for row in rows]
     names = [row[0].split(" (")[0] for row in rows]
     assert names[:2] == ["bare blocked product Q @ G.T", "exact blocked search"]
-    assert names[2:] == (["faiss IndexFlatIP", "faiss IndexIVFFlat", "faiss IndexHNSWFlat"] if use_faiss else [])
+    assert names[2:] == (["faiss IndexFlatIP"] + ["faiss IndexIVFFlat"] * 2 + ["faiss IndexHNSWFlat"]
+                         if use_faiss else [])
+    if use_faiss:  # one build, searched with each --nprobe
+        assert rows[3][1] == rows[4][1] and "nprobe 2)" in rows[3][0] and "nprobe 8)" in rows[4][0]
     bare_ms = rows[0][2]
     for (name, build, ms, memory, recall, ratio), cells in zip(rows, printed):
         assert cells[2] == "%.2f" % ms and cells[3] == "%.0f" % memory
