@@ -7,7 +7,7 @@
     checkpoint   atomic checkpoints, exact resume, the save-directory lock
     weights      reading weight files (checkpoints, .pdparams, Fluid variable files) and loading them by name
     onednn       oneDNN on CPU: training convolutions, Paddle Inference's predictor for features
-    distributed  data parallel over paddle.distributed.launch
+    distributed  data parallel and sharded feature extraction over paddle.distributed.launch
     similarity   the blocked, memory-bounded similarity matrix behind metrics, neighbours and rerank
     metrics      exact, memory-bounded Recall@K, MAP@R and R-Precision
     neighbours   exact top-K search on the same blocks
