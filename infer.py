@@ -2,6 +2,9 @@ r"""Extracts the feature of every test-list image with a trained model.
 
     python infer.py --model=ResNet50 --batch_size=1 --pretrained_model=output/ResNet50/30000 \
         --save_features=features.npy
+
+Under `python -m paddle.distributed.launch --nproc_per_node=N` (and `--ips=...` for several machines) each process
+extracts a contiguous share of the list and process 0 writes all features, in list order.
 """
 import argparse
 import contextlib
@@ -12,7 +15,7 @@ import numpy as np
 
 import reader
 import utility
-from core import checkpoint, flags, programs
+from core import checkpoint, distributed, flags, programs
 from utility import log
 
 
@@ -41,12 +44,17 @@ def save_features(path, features, image_paths):
 def main(argv=None):
     args = make_parser().parse_args(argv)
     utility.print_arguments(args)
-    image_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+    rank, world_size = distributed.init()
+    whole_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+    start, stop = distributed.shard(len(whole_list.paths), rank, world_size)
+    if world_size > 1:
+        log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(whole_list.paths)))
+    image_list = reader.subset(whole_list, start, stop)
     executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
-    features, image_paths = [], []
+    features = []
     batches = reader.infer_batches(image_list, args.batch_size, args.image_shape, args.num_workers)
     with contextlib.closing(batches), utility.progress_bar(len(image_list.paths), "infer") as bar:
-        for batch_id, (images, batch_paths) in enumerate(batches):
+        for batch_id, (images, _) in enumerate(batches):
             (batch_features,) = executor.run(feature_program.program, feed={"image": images},
                                              fetch_list=[feature_program.feature])
             batch_features = np.asarray(batch_features).reshape(len(images), -1)
@@ -55,11 +63,12 @@ def main(argv=None):
             sys.stdout.flush()
             bar.update(len(images))
             features.append(batch_features)
-            image_paths.extend(batch_paths)
-    if args.save_features:
-        save_features(args.save_features, np.concatenate(features), image_paths)
+    features = distributed.gather_rows(np.concatenate(features) if features else np.empty((0, 0)), rank,
+                                       world_size)
+    if rank == 0 and args.save_features:
+        save_features(args.save_features, features, whole_list.paths)
         log("saved %d features to %s and their paths to %s"
-            % (len(image_paths), args.save_features, paths_file(args.save_features)))
+            % (len(whole_list.paths), args.save_features, paths_file(args.save_features)))
 
 
 if __name__ == "__main__":

@@ -237,14 +237,16 @@ class BatchDecoder:
     """The work a reader worker does: decode and transform the images of one batch into a shared slot.
 
     Training (with an `image_ops.Augmentation`) replaces an unreadable image by another of its class (or any image)
-    and reports the bad path; test and infer (without) raise, naming the file, since every image must be scored.
+    and reports the bad path; test and infer (without) raise, naming the file, since every image must be scored;
+    with `skip_unreadable` (search queries) they report its row and error instead, for the caller to leave it out.
     """
 
-    def __init__(self, image_list, labels, augmentation=None):
+    def __init__(self, image_list, labels, augmentation=None, skip_unreadable=False):
         self.paths = image_list.paths
         self.labels = labels
         self.augmentation = augmentation
         self.train = augmentation is not None
+        self.skip_unreadable = skip_unreadable
         self.by_class = indices_by_class(labels) if self.train else None
 
     def __call__(self, task, out):
@@ -252,7 +254,12 @@ class BatchDecoder:
         bad_paths = []
         for row, index in enumerate(indices):
             if not self.train:
-                image_ops.test_image(self.paths[index], out.shape[1:], out[row])
+                try:
+                    image_ops.test_image(self.paths[index], out.shape[1:], out[row])
+                except image_ops.BadImageError as error:
+                    if not self.skip_unreadable:
+                        raise
+                    bad_paths.append((row, str(error)))
                 continue
             rng = batch_rng(seed, AUGMENT_STREAM, batch_index, first_row + row)
             pixels = self._load_or_replace(index, rng, bad_paths)
@@ -282,6 +289,73 @@ def _run_batches(decoder, tasks, num_workers, batch_size, image_shape, max_bad_i
                 raise TooManyBadImagesError("%d unreadable images, more than --max_bad_images=%d; last: %s"
                                             % (bad_seen, max_bad_images, bad_paths[-1]))
             yield images, labels
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _is_image_name(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _unlabelled(list_path, paths):
+    ids = np.arange(1, len(paths) + 1, dtype=np.int64)
+    return ImageList(list_path, os.path.dirname(os.path.abspath(list_path)), ids, None, None, paths)
+
+
+def read_path_list(list_path):
+    """A plain list of image paths, one a line (blank lines skipped); relative paths are relative to its directory."""
+    root = os.path.dirname(os.path.abspath(list_path))
+    try:
+        with open(list_path, encoding="utf-8-sig") as list_file:
+            lines = list_file.read().split("\n")
+    except UnicodeDecodeError:
+        raise ListFormatError("%s: not UTF-8 text" % list_path) from None
+    except OSError as error:
+        raise ListFormatError("%s: cannot read the list file: %s" % (list_path, error.strerror)) from None
+    paths = []
+    for line_number, line in enumerate(lines, start=1):
+        line = line[:-1] if line.endswith("\r") else line
+        if not line.strip():
+            continue
+        if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in line):
+            raise ListFormatError("%s:%d: path %r contains a control character or line separator"
+                                  % (list_path, line_number, line))
+        paths.append(os.path.join(root, line.strip()))
+    if not paths:
+        raise ListFormatError("%s: no image paths listed" % list_path)
+    return _unlabelled(list_path, paths)
+
+
+def read_images(path):
+    """The images `path` names: an image folder (every image file under it, in name order), one image file, a list
+    in the SOP format (with its labels) or a plain list of image paths (without). A list's relative paths are
+    relative to its own directory. Returns an ImageList whose class_ids and super_class_ids are None without labels.
+    """
+    if os.path.isdir(path):
+        found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
+                       if _is_image_name(name))
+        if not found:
+            raise ListFormatError("%s: no image files (%s) in this folder" % (path, " ".join(IMAGE_EXTENSIONS)))
+        return _unlabelled(os.path.join(path, ""), found)
+    if not os.path.exists(path):
+        raise ListFormatError("%s: no such file or directory" % path)
+    if _is_image_name(path):
+        return _unlabelled(path, [os.path.abspath(path)])
+    with open(path, "rb") as list_file:
+        head = list_file.read(4096).decode("utf-8-sig", "replace")
+    first_line = next((line for line in head.split("\n") if line.strip(" \t\r")), "")
+    if tuple(FIELD_SEPARATOR.split(first_line.strip(" \t\r"))) == LIST_HEADER:
+        return read_image_list(path)
+    return read_path_list(path)
+
+
+def subset(image_list, start, stop):
+    """Images start..stop-1 of a parsed list, e.g. one process's share of it."""
+    def part(values):
+        return None if values is None else values[start:stop]
+    return image_list._replace(image_ids=part(image_list.image_ids), class_ids=part(image_list.class_ids),
+                               super_class_ids=part(image_list.super_class_ids), paths=image_list.paths[start:stop])
 
 
 def read_list(data_dir, list_name):
@@ -330,6 +404,19 @@ def eval_batches(image_list, batch_size, image_shape, num_workers=2):
     decoder = BatchDecoder(image_list, image_list.class_ids)
     yield from _run_batches(decoder, _sequential_tasks(len(image_list.paths), batch_size), num_workers,
                             batch_size, image_shape)
+
+
+def readable_batches(image_list, batch_size, image_shape, num_workers=2):
+    """Every readable image of a parsed list in file order: `(images, [paths], [(path, error), ...])`; an image
+    that cannot be read is left out of its batch and named with its error in the third item instead."""
+    paths = np.array(image_list.paths, dtype=object)
+    decoder = BatchDecoder(image_list, paths, skip_unreadable=True)
+    with OrderedWorkerPool(decoder, num_workers, (batch_size,) + tuple(image_shape)) as pool:
+        for images, (batch_paths, bad) in pool.imap(_sequential_tasks(len(paths), batch_size)):
+            readable = np.ones(len(images), bool)
+            readable[[row for row, _ in bad]] = False
+            yield images[readable], batch_paths.reshape(-1)[readable].tolist(), [
+                (batch_paths[row, 0], message) for row, message in bad]
 
 
 def infer_batches(image_list, batch_size, image_shape, num_workers=2):

@@ -139,7 +139,11 @@ class ArgumentParser(argparse.ArgumentParser):
             raise ValueError("defaults given for flags this parser does not take: %s" % ", ".join(defaults))
 
     def parse_args(self, args=None, namespace=None):
-        parsed = super().parse_args(args, namespace)
+        return self.check_flags(super().parse_args(args, namespace))
+
+    def check_flags(self, parsed):
+        """Applies each flag's check to its parsed value (argparse does not call a subcommand parser's
+        parse_args, so a script with subcommands calls this on the chosen one)."""
         for name, flag in self.flags.items():
             value = getattr(parsed, name)
             problem = flag.check(value) if flag.check and value is not None else None  # None: not given

@@ -7,9 +7,15 @@ statistics stay per process, as they stayed per GPU in the original's ParallelEx
 
 Paddle 3.3.1's fleet static collective optimizer fails under PIR, hence the explicit all-reduce. Without the
 launcher there is one process and nothing here communicates.
+
+Sharded feature extraction (infer.py, search.py build) uses the same launcher: each rank extracts a contiguous
+share of the list (`shard`) and `gather_rows` brings the shares to rank 0 in rank order, through the collective
+backend (gloo on CPU, NCCL on GPUs) rather than files, so several machines need no shared file system.
 """
 import numpy as np
 import paddle
+
+from core import similarity
 
 
 def init():
@@ -23,6 +29,47 @@ def init():
         if was_static:
             paddle.enable_static()
     return environment.rank, environment.world_size
+
+
+GATHER_CHUNK_BYTES = 32 << 20  # per rank and round of all_gather: bounds the memory a gather adds
+
+
+def shard(num_items, rank, world_size):
+    """The contiguous share [start, stop) of rank `rank`: shares differ in size by at most one item."""
+    return num_items * rank // world_size, num_items * (rank + 1) // world_size
+
+
+def gather_rows(rows, rank, world_size):
+    """Rank 0 gets every rank's 2-D float32 `rows` stacked in rank order; the other ranks get None.
+
+    Every rank must call it (after `init`). Shares may differ in length (an empty one has shape (0, 0)); they travel
+    in rounds of GATHER_CHUNK_BYTES a rank, so no rank holds more than one round of the others' rows at a time.
+    """
+    rows = np.ascontiguousarray(rows, np.float32)
+    if world_size == 1:
+        return rows
+    with similarity.dygraph():  # collectives on host arrays run in dynamic mode
+        shapes = [tuple(shape) for shape in _all_gather(np.array(rows.shape, np.int64))]
+        width = max(shape[1] for shape in shapes)
+        longest = max(shape[0] for shape in shapes)
+        chunk = max(1, GATHER_CHUNK_BYTES // max(4 * width, 1))
+        merged = np.empty((sum(shape[0] for shape in shapes), width), np.float32) if rank == 0 else None
+        starts = np.cumsum([0] + [shape[0] for shape in shapes])
+        for r0 in range(0, longest, chunk):
+            piece = np.zeros((min(chunk, longest - r0), width), np.float32)
+            mine = rows[r0:r0 + len(piece)]
+            piece[:len(mine), :mine.shape[1]] = mine
+            for source, received in enumerate(_all_gather(piece)):
+                count = max(0, min(len(piece), shapes[source][0] - r0))
+                if merged is not None and count:
+                    merged[starts[source] + r0:starts[source] + r0 + count] = received[:count]
+    return merged
+
+
+def _all_gather(array):
+    gathered = []
+    paddle.distributed.all_gather(gathered, paddle.to_tensor(array))
+    return [tensor.numpy() for tensor in gathered]
 
 
 def world_size():

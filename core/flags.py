@@ -11,7 +11,7 @@ import paddle
 
 import models
 import reader
-from core import checkpoint, distributed, metrics, programs
+from core import checkpoint, distributed, faiss_search, metrics, programs
 from utility import Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
@@ -87,6 +87,9 @@ BATCH_SIZE = Flag("batch_size", int, 10, "Mini-batch size.", positive)
 # The flags of every script that runs the network on images.
 NETWORK = (MODEL, EMBEDDING_SIZE, IMAGE_SHAPE, USE_GPU, USE_MKLDNN, PRETRAINED_MODEL, DATA_DIR, NUM_WORKERS)
 
+SEED = Flag("seed", int, 0, "Random seed: of initialisation, sampling and augmentation in training; of k-means in "
+            "eval.py --cluster_metrics.")
+
 MODEL_SAVE_DIR = Flag("model_save_dir", str, "output", "Output directory: training saves its checkpoints to "
                       "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.")
 
@@ -128,7 +131,7 @@ TRAINING = (
     Flag("test_list", str, reader.TEST_LIST, "List file the periodic test scores (in --data_dir, or an absolute "
          "path; its image paths are relative to --data_dir): the test split, or a validation list of classes held "
          "out of training, so that best/ is chosen without looking at the test split."),
-    Flag("seed", int, 0, "Random seed of initialisation, sampling and augmentation."),
+    SEED,
     NUM_WORKERS,
     Flag("crop_scale_min", float, 0.08, "Smallest area fraction of the random-resized crop.", _fraction),
     Flag("random_flip", bool, True, "Random horizontal flips in training."),
@@ -145,6 +148,10 @@ TRAINING = (
          "loss and the final test Recall@1 as `kpis` lines."),
 )
 
+SAVE_VIS = Flag("save_vis", str, None, "Directory to draw into: pictures of queries with their top results (green: "
+                "same class, red: other, grey: unknown); eval.py draws grids of several queries and the Recall@K "
+                "curve, search.py query one picture per query.")
+
 EVALUATION = (
     Flag("recall_k", parse_int_list, [1, 10, 100, 1000], "The K of Recall@K to report.", _positive_ints),
     Flag("eval_memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Memory budget of one block of the similarity matrix.",
@@ -154,14 +161,91 @@ EVALUATION = (
          "test images searching each other, e.g. Ebay_query.txt of In-Shop."),
     Flag("gallery_list", str, None, "List file (in --data_dir) of the gallery --query_list searches, e.g. "
          "Ebay_gallery.txt of In-Shop."),
-    Flag("save_vis", str, None, "Directory to draw into: PNG grids of queries with their top results (green: same "
-         "class, red: other), and the Recall@K curve."),
+    SAVE_VIS,
     Flag("vis_queries", int, 20, "Queries in the --save_vis grids, spread over the query list.", positive),
     Flag("vis_top_k", int, 8, "Results per query in the --save_vis grids.", positive),
 )
 
+
+def _unit_interval(value):
+    return None if 0 <= value <= 1 else "must be in [0, 1], got %s" % value
+
+
+# Re-ranking a query's results against the gallery (core/rerank.py): eval.py's query/gallery mode, search.py query.
+RERANKING = (
+    Flag("qe_k", int, 0, "Query expansion: each query is replaced by the normalised sum of itself and its --qe_k "
+         "nearest gallery items, weighted by similarity^--qe_alpha, and searched again (0: off).", non_negative),
+    Flag("qe_alpha", float, 0.0, "Exponent of the query-expansion weights: 0 is average query expansion, 3 the "
+         "usual alpha-QE.", non_negative),
+    Flag("rerank", bool, False, "k-reciprocal re-ranking (Zhong et al. 2017) of the gallery for each query, after "
+         "any query expansion. Costs one exact k-NN pass over all queries and gallery items together."),
+    Flag("rerank_k1", int, 20, "k1 of k-reciprocal re-ranking: size of the neighbourhoods whose reciprocity counts.",
+         positive),
+    Flag("rerank_k2", int, 6, "k2 of k-reciprocal re-ranking: neighbours averaged by local query expansion "
+         "(1: none).", positive),
+    Flag("rerank_lambda", float, 0.3, "lambda of k-reciprocal re-ranking: weight of the original distance against "
+         "the Jaccard distance.", _unit_interval),
+)
+
+CLUSTER_METRICS = Flag("cluster_metrics", bool, False, "Also NMI and F1 of a k-means clustering of the test features "
+                       "into as many clusters as test classes (faiss's k-means when faiss is installed, NumPy's "
+                       "otherwise; seeded by --seed).")
+BY_SUPER_CLASS = Flag("by_super_class", bool, False, "Also Recall@K for the queries of each super class "
+                      "(super_class_id of the query list), each still searching all test images.")
+
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
                      "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
+
+
+def _faiss_type(index_type):
+    if index_type != "exact" and not faiss_search.available():
+        return "%s needs faiss (pip install faiss-cpu); exact search needs nothing" % index_type
+    return None
+
+
+INDEX_TYPE = Flag("index_type", str, "exact", "Search structure: exact (none: exact blocked search over the features) "
+                  "or, with faiss installed, flat (faiss's exact search), ivf or hnsw (approximate).",
+                  lambda value: one_of(("exact",) + faiss_search.INDEX_TYPES)(value) or _faiss_type(value))
+SEARCH_INDEX = (
+    Flag("index_dir", str, None, "The index directory (search.py build writes it, add and query read it)."),
+    Flag("images", str, None, "The images: a folder (every image file under it), one image, a list in the SOP "
+         "format (its class_id is kept as the label) or a plain list of image paths; a list's relative paths are "
+         "relative to its own folder."),
+)
+SEARCH_FEATURES = Flag("features", str, None, "build/add: take infer.py --save_features output (PATH.npy and "
+                       "PATH.paths.txt) instead of extracting; the model flags must be the ones infer.py ran with. "
+                       "With --images an SOP list of the same images, in the same order, gives the labels.",
+                       _npy_file)
+SEARCH_BUILD = (
+    INDEX_TYPE,
+    Flag("nlist", int, 0, "ivf: number of cells (0: 4 sqrt(N)).", non_negative),
+    Flag("hnsw_m", int, 32, "hnsw: links per item.", positive),
+    Flag("ef_construction", int, 40, "hnsw: candidate list while building.", positive),
+    SEED,
+)
+SEARCH_QUERY = (
+    Flag("top_k", int, 5, "Results per query.", positive),
+    Flag("output", str, None, "Also write the results as JSON lines to this file: one line per query, "
+         '{"query", "label", "results": [{"rank", "score", "path", "label"}]}, or {"query", "error"} for a query '
+         "image that could not be read."),
+    SAVE_VIS,
+    Flag("memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Exact search: memory budget of one block of the similarity "
+         "matrix (the normalised gallery, N x D float32, comes on top).", positive),
+    Flag("nprobe", int, 16, "ivf: cells a query searches.", positive),
+    Flag("ef_search", int, 64, "hnsw: candidates a query explores (at least --top_k).", positive),
+    Flag("check_exact", int, 0, "With an ivf, hnsw or flat index: also search the first N queries exactly and report "
+         "the index's recall@--top_k against exact search (0: off).", non_negative),
+)
+
+
+def check_search(args):
+    """The checks that relate search.py's flags; each names the flag to change."""
+    if not args.index_dir:
+        flag_error("index_dir", "give the index directory")
+    if args.command in ("build", "add") and not (args.images or args.features):
+        flag_error("images", "give the images to index (or --features from infer.py)")
+    if args.command == "query" and not args.images:
+        flag_error("images", "give the query images")
 
 
 def check_training(args):
@@ -195,3 +279,6 @@ def check_query_gallery(args):
     if bool(args.query_list) != bool(args.gallery_list):
         flag_error("query_list" if args.query_list else "gallery_list",
                    "give --query_list and --gallery_list together")
+    for flag in ("rerank", "qe_k"):
+        if getattr(args, flag) and not args.gallery_list:
+            flag_error(flag, "re-ranking needs a gallery: give --query_list and --gallery_list")

@@ -26,55 +26,42 @@ m + #{negatives with similarity >= t_m}. Recall@K only needs m = 1 and MAP@R onl
    every rank <= R and the best positive: they are extracted and ranked exactly;
 4. a row with unusually many items >= tau (mass ties, collapsed features) is counted once per positive instead.
 
-No row is sorted and no N x N matrix exists: memory is one block plus its candidates.
+No row is sorted and no N x N matrix exists: memory is one block plus its candidates. The blocks themselves (the
+product and its passes, on NumPy or Paddle) are core/similarity.py.
 """
-import contextlib
 import math
 
 import numpy as np
 
+from core import similarity
+from core.similarity import DEFAULT_MEMORY_MB, l2_normalize  # noqa: F401  (l2_normalize: part of this API)
+
 DEFAULT_RECALL_KS = (1, 10, 100, 1000)
-DEFAULT_MEMORY_MB = 256
 _GROUPS = 256                          # column groups for the bound tau (a multiple of 8)
 _GROUP_STEP = 4                        # tau reads every 4th chunk of _GROUPS columns: a quarter of each row
 _CAP_BASE, _CAP_PER_POSITIVE = 64, 8   # more candidates than this in a row: counted, not extracted
 _CANDIDATE_BYTES = 96                  # host memory per extracted candidate (indices, values, sort keys)
 
 
-def l2_normalize(features, out=None):
-    """Rows of `features` (N x ...) as float32 unit vectors; all-zero rows stay zero. Writes into `out` if given."""
-    features = np.asarray(features)
-    flat = features.reshape(len(features), -1)
-    if out is None:
-        out = np.empty(flat.shape, np.float32)
-    out[...] = flat
-    if not np.isfinite(out).all():
-        raise ValueError("features contain NaN or infinity")
-    norms = np.sqrt(np.einsum("ij,ij->i", out, out))
-    out /= np.where(norms > 0, norms, 1)[:, None]
-    return out
-
-
 def _group_width(max_positives):
     return max(_GROUPS, 8 * math.ceil(2 * max_positives / 8))
 
 
-def block_rows(num_gallery, memory_mb=DEFAULT_MEMORY_MB, max_positives=1, paddle=False):
+def block_rows(num_gallery, memory_mb=DEFAULT_MEMORY_MB, max_positives=1, bytes_per_element=4):
     """Query rows per block so that one block's working memory (similarities, mask, candidates) fits memory_mb.
 
-    The normalised copy of the features (N x D float32) comes on top of that budget.
+    bytes_per_element: of the blocks' similarity matrix (the `bytes_per_element` of the blocks class). The
+    normalised copy of the features (N x D float32) comes on top of that budget.
     """
     width = _group_width(max_positives)
-    padded = width * math.ceil((num_gallery + 1) / width)
-    per_element = (_PaddleBlocks if paddle else _NumpyBlocks).bytes_per_element
-    per_row = (padded * per_element + width * 8 + (max_positives + 1) * 24
+    per_row = (similarity.padded_size(num_gallery, width) * bytes_per_element + width * 8 + (max_positives + 1) * 24
                + (_CAP_BASE + _CAP_PER_POSITIVE * max_positives) * _CANDIDATE_BYTES)
-    return max(1, int(memory_mb * 2**20 // per_row))
+    return similarity.rows_per_block(memory_mb, per_row)
 
 
 def retrieval_metrics(query_features, query_labels, gallery_features=None, gallery_labels=None,
                       recall_ks=DEFAULT_RECALL_KS, memory_mb=DEFAULT_MEMORY_MB, use_gpu=False,
-                      backend=None, block_size=None):
+                      backend=None, block_size=None, query_groups=None, rescore=None):
     """Exact Recall@K for each K in `recall_ks`, MAP@R and R-Precision (rules in the module docstring).
 
     query_features: N x D (any float type; reshaped to N x -1), query_labels: N labels of any comparable type.
@@ -82,16 +69,21 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
     memory_mb: working-memory budget of one block; block_size (query rows) overrides it.
     use_gpu: run the blocks through Paddle on GPU 0. backend: 'numpy' (default on CPU) or 'paddle' (Paddle ops
     on the CPU, or on the GPU with use_gpu); the Paddle path also works while the caller's script is static.
+    query_groups: N group ids (e.g. SOP super classes); the same metrics are then also given per group, over the
+    queries of that group (each still searching the whole gallery).
+    rescore: rank by other scores than the cosine similarity of the features, e.g. a rerank.KReciprocal of
+    these queries and gallery: an object with `num_queries`, `num_gallery`, `bytes_per_element` and
+    `open_blocks(width, rows)`, which returns blocks (similarity.NumpyBlocks) whose similarities are its scores,
+    higher meaning nearer.
     Returns {'recall@K': float for each K, 'map@r': float, 'r_precision': float,
-             'num_queries': int, 'num_no_positive': int}.
+             'num_queries': int, 'num_no_positive': int}, and with query_groups 'by_group': {group: that dict}.
     """
     ks = sorted({int(k) for k in recall_ks})
     if not ks or ks[0] < 1:
         raise ValueError("recall_ks must be positive integers, got %r" % (recall_ks,))
     if (gallery_features is None) != (gallery_labels is None):
         raise ValueError("give both gallery_features and gallery_labels, or neither")
-    if backend not in (None, "numpy", "paddle") or (use_gpu and backend == "numpy"):
-        raise ValueError("backend must be 'numpy' or 'paddle' (use_gpu needs 'paddle'), got %r" % (backend,))
+    similarity.check_backend(backend, use_gpu)
     same = gallery_features is None
     query_labels = np.asarray(query_labels).reshape(-1)
     gallery_labels = query_labels if same else np.asarray(gallery_labels).reshape(-1)
@@ -101,33 +93,38 @@ def retrieval_metrics(query_features, query_labels, gallery_features=None, galle
                                 ("gallery", gallery_features, gallery_labels)):
         if len(feats) == 0 or len(feats) != len(labels):
             raise ValueError("%s: %d features but %d labels (need at least one)" % (name, len(feats), len(labels)))
+    if query_groups is not None and len(query_groups) != len(query_labels):
+        raise ValueError("%d query groups for %d queries" % (len(query_groups), len(query_labels)))
 
     positives = _Positives(gallery_labels, query_labels, exclude_self=same)
     max_positives = int(positives.num.max())
     width = _group_width(max_positives)
     num_gallery = len(gallery_labels)
-    padded = width * math.ceil((num_gallery + 1) / width)  # >= 1 padding column, always -inf
-    gallery = np.zeros((padded, int(np.prod(gallery_features.shape[1:]))), np.float32)
-    l2_normalize(gallery_features, out=gallery[:num_gallery])
-    queries = gallery[:num_gallery] if same else l2_normalize(query_features)
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError("query and gallery dimensions differ: %d vs %d" % (queries.shape[1], gallery.shape[1]))
-
-    ranks = _Ranks(len(queries))
-    if max_positives > 0:
-        paddle_path = use_gpu or backend == "paddle"
-        rows = block_size or block_rows(num_gallery, memory_mb, max_positives, paddle_path)
+    ranks = _Ranks(len(query_labels))
+    if rescore is not None and (rescore.num_queries, rescore.num_gallery) != (len(query_labels), num_gallery):
+        raise ValueError("rescore is of %d queries and %d gallery items, the labels of %d and %d"
+                         % (rescore.num_queries, rescore.num_gallery, len(query_labels), num_gallery))
+    if max_positives > 0 and rescore is not None:
+        rows = block_size or block_rows(num_gallery, memory_mb, max_positives, rescore.bytes_per_element)
+        rows = min(int(rows), len(query_labels))
+        _scan(rescore.open_blocks(width, rows), positives, rows, width, ranks)
+    elif max_positives > 0:
+        gallery = similarity.padded_gallery(gallery_features, width)
+        queries = gallery[:num_gallery] if same else l2_normalize(query_features)
+        if queries.shape[1] != gallery.shape[1]:
+            raise ValueError("query and gallery dimensions differ: %d vs %d" % (queries.shape[1], gallery.shape[1]))
+        blocks_class = similarity.blocks_class(use_gpu, backend)
+        rows = block_size or block_rows(num_gallery, memory_mb, max_positives, blocks_class.bytes_per_element)
         rows = min(int(rows), len(queries))
-        if paddle_path:
-            with _dygraph() as paddle:
-                if use_gpu and not paddle.is_compiled_with_cuda():
-                    raise ValueError("use_gpu=True needs a CUDA build of PaddlePaddle")
-                place = paddle.CUDAPlace(0) if use_gpu else paddle.CPUPlace()
-                _scan(_PaddleBlocks(paddle, place, gallery, num_gallery), queries, positives, same, rows,
-                      width, ranks)
-        else:
-            _scan(_NumpyBlocks(gallery, num_gallery, rows), queries, positives, same, rows, width, ranks)
-    return ranks.summary(positives.num > 0, ks)
+        with similarity.open_blocks(queries, gallery, num_gallery, rows, same, use_gpu, backend) as blocks:
+            _scan(blocks, positives, rows, width, ranks)
+    has_positive = positives.num > 0
+    results = ranks.summary(has_positive, ks)
+    if query_groups is not None:
+        query_groups = np.asarray(query_groups).reshape(-1)
+        results["by_group"] = {group.item(): ranks.summary(has_positive, ks, query_groups == group)
+                               for group in np.unique(query_groups)}
+    return results
 
 
 def recall_topk(fea, lab, k=1):
@@ -168,23 +165,26 @@ class _Ranks:
         self.ap = np.zeros(n)
         self.rp = np.zeros(n)
 
-    def summary(self, has_positive, ks):
-        out = {"recall@%d" % k: float(np.mean(has_positive & (self.n1 < k))) for k in ks}
+    def summary(self, has_positive, ks, chosen=slice(None)):
+        """The metrics over the `chosen` queries (a boolean mask; default all)."""
+        has_positive, n1, ap, rp = has_positive[chosen], self.n1[chosen], self.ap[chosen], self.rp[chosen]
+        out = {"recall@%d" % k: float(np.mean(has_positive & (n1 < k))) for k in ks}
         counted = int(has_positive.sum())
-        out["map@r"] = float(self.ap[has_positive].sum() / counted) if counted else 0.0
-        out["r_precision"] = float(self.rp[has_positive].sum() / counted) if counted else 0.0
+        out["map@r"] = float(ap[has_positive].sum() / counted) if counted else 0.0
+        out["r_precision"] = float(rp[has_positive].sum() / counted) if counted else 0.0
         out["num_queries"] = len(has_positive)
         out["num_no_positive"] = len(has_positive) - counted
         return out
 
 
-def _scan(blocks, queries, positives, same, rows, width, ranks):
+def _scan(blocks, positives, rows, width, ranks):
     """Fill `ranks`: one similarity block of `rows` queries at a time, ranked in slices of blocks.pass_rows."""
-    for r0 in range(0, len(queries), rows):
-        r1 = min(r0 + rows, len(queries))
+    num_queries = len(positives.num)
+    for r0 in range(0, num_queries, rows):
+        r1 = min(r0 + rows, num_queries)
         if not positives.num[r0:r1].any():
             continue
-        s = blocks.similarities(queries[r0:r1], r0 if same else None)
+        s = blocks.similarities(r0, r1)
         maxima = -np.sort(-blocks.group_max(s, width, _GROUP_STEP), axis=1)
         step = blocks.pass_rows or rows
         for c0 in range(r0, r1, step):
@@ -246,110 +246,3 @@ def _count_row(blocks, s, i, t, tau, ranks, query):
     ranks.n1[query] = above[0]
     ranks.ap[query] = (m[hit] / rank[hit]).sum() / len(t)
     ranks.rp[query] = hit.sum() / len(t)
-
-
-class _NumpyBlocks:
-    """Blocks on the CPU: the product through NumPy's BLAS; the passes over slices that stay in the cache."""
-
-    bytes_per_element = 4  # float32 similarity (the mask of one slice is a few MB)
-    cache_bytes = 2 << 20  # bool mask of one slice of rows
-
-    def __init__(self, gallery, num_gallery, rows):
-        self.gallery, self.num_gallery, self.padded = gallery, num_gallery, len(gallery)
-        self.pass_rows = max(1, self.cache_bytes // self.padded)
-        self._s = np.empty((rows, self.padded), np.float32)
-        self._mask = np.empty((min(rows, self.pass_rows), self.padded), bool)
-
-    def similarities(self, queries, self_offset):
-        b = len(queries)
-        s = self._s[:b]
-        np.matmul(queries, self.gallery.T, out=s)
-        s[:, self.num_gallery:] = -np.inf
-        if self_offset is not None:
-            s[np.arange(b), self_offset + np.arange(b)] = -np.inf
-        return s
-
-    def take(self, s, columns):
-        return np.take_along_axis(s, columns, axis=1)
-
-    def group_max(self, s, width, step):
-        """Maxima of `width` column groups: group j is column j of every `step`-th chunk of `width` columns."""
-        acc = s[:, :width].copy()
-        for c in range(step * width, s.shape[1], step * width):
-            np.maximum(acc, s[:, c:c + width], out=acc)
-        return acc
-
-    def count_ge(self, s, theta):
-        mask = self._mask[:len(s)]
-        np.greater_equal(s, theta[:, None], out=mask)
-        if hasattr(np, "bitwise_count"):  # NumPy >= 2: popcount of 8 mask bytes at a time
-            return np.bitwise_count(mask.view(np.uint64)).sum(axis=1, dtype=np.int64)
-        return np.count_nonzero(mask, axis=1).astype(np.int64)
-
-    def candidates(self, s, theta, rows):
-        """(row, column, similarity) of the items >= theta in the chosen rows; follows count_ge(s, theta)."""
-        mask = self._mask[:len(s)]
-        mask[~rows] = False
-        flat = np.flatnonzero(mask)
-        row, col = np.divmod(flat, self.padded)
-        return row, col, s.reshape(-1)[flat]
-
-    def count_row(self, s, i, thresholds):
-        return np.array([np.count_nonzero(s[i] >= x) for x in thresholds], np.int64)
-
-
-class _PaddleBlocks:
-    """The same blocks as Paddle tensors on `place`: only counts and candidates come back to the host."""
-
-    bytes_per_element = 10  # float32 similarity, bool mask, int32 temporary
-    pass_rows = None        # rank whole blocks: fewer, larger device ops
-
-    def __init__(self, paddle, place, gallery, num_gallery):
-        self.paddle, self.place = paddle, place
-        self.gallery = paddle.to_tensor(gallery, place=place)
-        self.num_gallery, self.padded = num_gallery, len(gallery)
-
-    def _tensor(self, x):
-        return self.paddle.to_tensor(x, place=self.place)
-
-    def similarities(self, queries, self_offset):
-        s = self.paddle.matmul(self._tensor(queries), self.gallery, transpose_y=True)
-        s[:, self.num_gallery:] = -np.inf
-        if self_offset is not None:
-            at = self._tensor(np.arange(len(queries)))
-            s[at, at + self_offset] = -np.inf
-        return s
-
-    def take(self, s, columns):
-        return self.paddle.index_sample(s, self._tensor(columns)).numpy()
-
-    def group_max(self, s, width, step):
-        return s.reshape([s.shape[0], -1, width])[:, ::step, :].max(axis=1).numpy()
-
-    def count_ge(self, s, theta):
-        return (s >= self._tensor(theta[:, None])).astype("int32").sum(axis=1).numpy().astype(np.int64)
-
-    def candidates(self, s, theta, rows):
-        mask = self.paddle.logical_and(s >= self._tensor(theta[:, None]), self._tensor(rows[:, None]))
-        at = self.paddle.nonzero(mask)
-        value = self.paddle.gather_nd(s, at).numpy()
-        at = at.numpy()
-        return at[:, 0], at[:, 1], value
-
-    def count_row(self, s, i, thresholds):
-        above = s[int(i)].unsqueeze(0) >= self._tensor(thresholds[:, None])
-        return above.astype("int32").sum(axis=1).numpy().astype(np.int64)
-
-
-@contextlib.contextmanager
-def _dygraph():
-    """Paddle in dynamic mode inside, whatever mode the calling script is in; that mode is restored after."""
-    import paddle
-    static = not paddle.in_dynamic_mode()
-    if static:
-        paddle.disable_static()
-    try:
-        yield paddle
-    finally:
-        if static:
-            paddle.enable_static()

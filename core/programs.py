@@ -6,6 +6,7 @@ what training updates, testing reads.
 """
 import collections
 import contextlib
+import hashlib
 import os
 import sys
 import time
@@ -185,3 +186,21 @@ def load_feature_program(args, log, use_mkldnn=False):
     if onednn.wanted(args.use_gpu, use_mkldnn):
         return onednn.InferenceExecutor(feature_program, executor), feature_program
     return executor, feature_program
+
+
+def weights_checksum(program):
+    """'sha256:<hex>' of every variable of `program` in name order (name, dtype, shape and bytes): what the weights
+    are, whichever file they came from."""
+    digest = hashlib.sha256()
+    for name, value in sorted(program.state_dict().items()):
+        array = np.ascontiguousarray(np.array(value))
+        digest.update(("%s %s %s\n" % (name, array.dtype, array.shape)).encode())
+        digest.update(array.tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def feature_size(executor, feature_program, image_shape):
+    """The length of the program's feature vector, from one forward pass of a blank image."""
+    (feature,) = executor.run(feature_program.program, feed={"image": np.zeros((1,) + tuple(image_shape), np.float32)},
+                              fetch_list=[feature_program.feature])
+    return int(np.asarray(feature).size)

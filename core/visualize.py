@@ -1,8 +1,9 @@
 """Pictures of a retrieval run: grids of queries with their nearest results, and the Recall@K curve, as PNG files.
 
 A grid has one row per query: the query image (blue border), then its top-K results, nearest first, each framed
-green when it shows the query's class and red when it does not, with its distance written under it. Each tile shows
-what the network saw: the image's test-time crop (image_ops.test_image). Distances are
+green when it shows the query's class, red when it does not and grey when a label is unknown (search.py), with its
+distance (or search.py's score) written under it. Each tile shows what the network saw: the image's test-time crop
+(image_ops.test_image). Distances are
 squared Euclidean between L2-normalised features (0 to 4), the distance the original's recall_topk ranked by.
 """
 import math
@@ -22,6 +23,7 @@ ROWS_PER_GRID = 10            # queries per PNG; more queries make more files
 QUERY_COLOUR = (40, 90, 220)
 SAME_CLASS_COLOUR = (0, 170, 0)
 OTHER_CLASS_COLOUR = (220, 0, 0)
+UNKNOWN_CLASS_COLOUR = (150, 150, 150)
 BACKGROUND = (255, 255, 255)
 TILE_BACKGROUND = (235, 235, 235)
 TEXT_COLOUR = (20, 20, 20)
@@ -96,15 +98,19 @@ def _draw_tile(canvas, draw, font, origin, path, image_shape, frame_colour, capt
 
 
 def render_grid(rows, top_k, image_shape):
-    """One grid image; `rows` holds (query_path, [(result_path, same_class, distance), ...]) per query; each tile
-    shows the network's input, the test-time crop of `image_shape`."""
+    """One grid image; `rows` holds (query_path, [(result_path, same_class, caption value), ...]) per query; each
+    tile shows the network's input, the test-time crop of `image_shape`.
+
+    same_class is None where a label is unknown (grey frame); the caption value is a distance or a score.
+    """
     canvas = Image.new("RGB", grid_size(len(rows), top_k), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(FONT_SIZE)
     for row, (query_path, results) in enumerate(rows):
         _draw_tile(canvas, draw, font, tile_origin(row, 0), query_path, image_shape, QUERY_COLOUR, "query")
         for column, (path, same_class, distance) in enumerate(results, start=1):
-            colour = SAME_CLASS_COLOUR if same_class else OTHER_CLASS_COLOUR
+            colour = (UNKNOWN_CLASS_COLOUR if same_class is None
+                      else SAME_CLASS_COLOUR if same_class else OTHER_CLASS_COLOUR)
             _draw_tile(canvas, draw, font, tile_origin(row, column), path, image_shape, colour, "%.3f" % distance)
     return canvas
 

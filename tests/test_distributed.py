@@ -10,9 +10,11 @@ import time
 import numpy as np
 import pytest
 
+import infer
 import reader
+import search
 import train_pair
-from core import image_ops, trainer
+from core import gallery_index, image_ops, trainer
 from core.flags import check_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,3 +216,41 @@ def test_batch_that_does_not_split_into_whole_shares_is_a_flag_error(monkeypatch
     loss = trainer.build_loss(parse_pair_flags("--loss_name=quadruplet", "--train_batch_size=8",
                                                "--samples_each_class=2"))
     assert loss.train_batch_size == 4
+
+
+def test_two_processes_extract_the_features_one_process_extracts(toy_root, tmp_path, capsys):
+    """Each process extracts a contiguous share of the test list; process 0 writes them all, in list order."""
+    flags = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=1", "--batch_size=4",
+             "--embedding_size=8", "--data_dir=%s" % toy_root]
+    infer.main(flags + ["--save_features=%s" % (tmp_path / "single.npy")])
+    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node=2",
+              "--log_dir=%s" % (tmp_path / "log"), os.path.join(ROOT, "infer.py")]
+    completed = subprocess.run(launch + flags + ["--save_features=%s" % (tmp_path / "pair.npy")], cwd=ROOT,
+                               capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stderr[-3000:] + worker_logs(tmp_path)
+
+    single, pair = np.load(tmp_path / "single.npy"), np.load(tmp_path / "pair.npy")
+    assert pair.shape == single.shape == (len(reader.read_list(toy_root, reader.TEST_LIST).paths), 8)
+    np.testing.assert_allclose(pair, single, rtol=0, atol=1e-6)
+    assert open(tmp_path / "pair.paths.txt").read() == open(tmp_path / "single.paths.txt").read()
+    shares = [re.search(r"process %d of 2: images (\d+) to (\d+) of (\d+)" % rank, rank_log(tmp_path, rank))
+              for rank in (0, 1)]
+    assert [int(shares[0].group(1)), int(shares[0].group(2)) + 1] == [0, int(shares[1].group(1))]
+    assert "saved %d features" % len(single) in rank_log(tmp_path, 0) and "saved" not in rank_log(tmp_path, 1)
+
+
+def test_two_processes_build_the_index_one_process_builds(toy_root, tmp_path):
+    flags = ["build", "--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0",
+             "--batch_size=4", "--embedding_size=8", "--images=%s" % os.path.join(toy_root, reader.TEST_LIST)]
+    search.main(flags + ["--index_dir=%s" % (tmp_path / "single")])
+    launch = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node=2",
+              "--log_dir=%s" % (tmp_path / "log"), os.path.join(ROOT, "search.py")]
+    completed = subprocess.run(launch + flags + ["--index_dir=%s" % (tmp_path / "pair")], cwd=ROOT,
+                               capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_SECONDS)
+    assert completed.returncode == 0, completed.stderr[-3000:] + worker_logs(tmp_path)
+
+    single, pair = gallery_index.load(str(tmp_path / "single")), gallery_index.load(str(tmp_path / "pair"))
+    np.testing.assert_allclose(pair.features, single.features, rtol=0, atol=1e-6)
+    assert pair.paths == single.paths and pair.labels == single.labels and pair.model == single.model
+    assert "indexed %d images" % len(single.paths) in rank_log(tmp_path, 0)
+    assert "process 1 of 2: images" in rank_log(tmp_path, 1) and "indexed" not in rank_log(tmp_path, 1)

@@ -10,16 +10,18 @@ import eval as eval_script
 import demo
 import export_model
 import infer
+import search
 import train_elem
 import train_pair
 from bench_tools import ROOT, load_bench
-from data import make_toy_sop, prepare_cars196, prepare_cub200, prepare_folder, prepare_inshop
+from data import (make_toy_sop, prepare_cars196, prepare_cub200, prepare_folder, prepare_inshop,
+                  split_query_gallery)
 
 PAGES = ["README.md", "README_cn.md"] + sorted(os.path.relpath(path, ROOT)
                                                for path in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 # Flags of other programs the pages show: Paddle's distributed launcher and VisualDL's server.
 FOREIGN_FLAGS = {"--gpus", "--nproc_per_node", "--ips", "--master", "--nnodes", "--logdir", "--port"}
-BENCHMARKS = ("eval_speed", "reader_throughput", "train_throughput")
+BENCHMARKS = ("eval_speed", "reader_throughput", "search_speed", "train_throughput")
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FLAG = re.compile(r"(?<![\w-])--[A-Za-z][A-Za-z0-9_]*")
@@ -32,8 +34,11 @@ def suite_parsers():
     modules = {"train_elem.py": train_elem, "train_pair.py": train_pair, "eval.py": eval_script, "infer.py": infer,
                "export_model.py": export_model, "demo.py": demo, "data/make_toy_sop.py": make_toy_sop,
                "data/prepare_cub200.py": prepare_cub200, "data/prepare_cars196.py": prepare_cars196,
-               "data/prepare_inshop.py": prepare_inshop, "data/prepare_folder.py": prepare_folder}
+               "data/prepare_inshop.py": prepare_inshop, "data/prepare_folder.py": prepare_folder,
+               "data/split_query_gallery.py": split_query_gallery}
     parsers = {script: module.make_parser() for script, module in modules.items()}
+    search_parser, commands = search.make_parser()
+    parsers.update({"search.py": search_parser}, **{"search.py %s" % name: sub for name, sub in commands.items()})
     for name in BENCHMARKS:
         parsers["bench/%s.py" % name] = load_bench(name).make_parser()
     return parsers
@@ -111,7 +116,8 @@ def test_every_flag_named_exists_in_a_parser_of_the_suite():
 
 @pytest.mark.parametrize("script, page", [
     ("train_elem.py", "docs/training.md"), ("train_pair.py", "docs/training.md"), ("eval.py", "docs/evaluation.md"),
-    ("infer.py", "docs/evaluation.md"), ("export_model.py", "docs/evaluation.md")])
+    ("infer.py", "docs/evaluation.md"), ("export_model.py", "docs/evaluation.md"),
+    ("search.py build", "docs/search.md"), ("search.py add", "docs/search.md"), ("search.py query", "docs/search.md")])
 def test_every_flag_of_a_script_is_in_its_reference_page(script, page):
     documented = set(FLAG.findall("\n".join(read_lines(page))))
     missing = sorted(option_strings(suite_parsers()[script]) - documented - {"--help"})

@@ -3,6 +3,7 @@ import fcntl
 import os
 import pty
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import scipy.io
 from PIL import Image
 
 import eval as eval_script
+import infer
 import reader
-from data import prepare_cars196, prepare_cub200, prepare_inshop
+import test_rerank
+from data import prepare_cars196, prepare_cub200, prepare_inshop, split_query_gallery
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -250,6 +253,42 @@ def test_eval_searches_the_inshop_gallery_with_its_queries(tmp_path, capsys):
     assert results["num_queries"] == 4 and results["num_no_positive"] == 1
     assert results["recall@6"] == 0.75
     assert "4 queries searched a gallery of 6 images" in output
+
+
+def test_eval_reranks_the_inshop_gallery_as_the_dense_algorithm_does(tmp_path, capsys):
+    root = make_inshop(str(tmp_path / "inshop"))
+    prepare_inshop.main(["--data_dir=%s" % root])
+    flags = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0", "--batch_size=4",
+             "--data_dir=%s" % root]
+    infer.main(flags + ["--save_features=%s" % (tmp_path / "features.npy")])
+    by_path = dict(zip(open(tmp_path / "features.paths.txt").read().split("\n"), np.load(tmp_path / "features.npy")))
+    query, gallery = read_lists(root, "Ebay_query.txt", "Ebay_gallery.txt")
+    results = eval_script.main(flags + ["--recall_k=1,2", "--query_list=Ebay_query.txt",
+                                        "--gallery_list=Ebay_gallery.txt", "--qe_k=1", "--rerank=True",
+                                        "--rerank_k1=4", "--rerank_k2=2", "--rerank_lambda=0.3"])
+    assert "| metric | plain | re-ranked |" in capsys.readouterr().out
+
+    query_features = np.array([by_path[path] for path in query.paths], np.float64)
+    gallery_features = np.array([by_path[path] for path in gallery.paths], np.float64)
+    unit = gallery_features / np.linalg.norm(gallery_features, axis=1, keepdims=True)
+    expanded = query_features / np.linalg.norm(query_features, axis=1, keepdims=True)
+    expanded = expanded + unit[np.argmax(expanded @ unit.T, axis=1)]  # average query expansion with one neighbour
+    final = test_rerank.dense_k_reciprocal(expanded, gallery_features, 4, 2, 0.3)
+    pessimistic, optimistic = test_rerank.first_positive_ranks(final, query.class_ids, gallery.class_ids, 1e-6)
+    for k in (1, 2):
+        assert np.mean(pessimistic <= k) <= results["reranked"]["recall@%d" % k] <= np.mean(optimistic <= k)
+    assert results["reranked"]["num_no_positive"] == 1  # id_00000009 has no gallery image
+
+
+def test_split_query_gallery_takes_the_first_image_of_each_class(toy_root, tmp_path):
+    root = str(tmp_path / "toy")
+    shutil.copytree(toy_root, root)
+    split_query_gallery.main(["--data_dir=%s" % root])
+    test, query, gallery = read_lists(root, "Ebay_test.txt", "Ebay_query.txt", "Ebay_gallery.txt")
+    assert sorted(query.image_ids.tolist() + gallery.image_ids.tolist()) == sorted(test.image_ids.tolist())
+    assert sorted(query.class_ids) == sorted(np.unique(test.class_ids))  # toy classes have 3-5 images
+    for image_id, class_id in zip(query.image_ids, query.class_ids):
+        assert image_id == test.image_ids[test.class_ids == class_id].min()
 
 
 def test_a_misspelt_gallery_list_stops_eval_naming_the_file(tmp_path, capsys):

@@ -1,0 +1,109 @@
+"""Exact top-K search in bounded memory, on the blocks of core/similarity.py that the retrieval metrics use.
+
+A query's K nearest gallery items are those of largest cosine similarity, ties broken by the smaller gallery index,
+so results never depend on how the work was blocked. Per block of query rows:
+
+1. tau, a lower bound of each row's K-th largest similarity: the K-th largest of the maxima of column groups
+   (K groups whose maxima are >= tau hold K items >= tau), from a quarter of the row as in the metrics;
+2. one comparison pass extracts the items >= tau, usually a few times K of them, which are sorted exactly;
+3. a row with unusually many items >= tau (ties, collapsed features), or a K above half the group count, takes
+   its exact K-th largest similarity as the threshold instead.
+
+No row is sorted and no Q x N matrix exists: memory is one block of similarities plus its candidates.
+"""
+import numpy as np
+
+from core import similarity
+
+GROUPS = 256                        # column groups of the bound tau (the metrics' default width)
+GROUP_STEP = 4                      # tau reads every 4th chunk of GROUPS columns
+CAP_BASE, CAP_PER_K = 64, 4         # more candidates than this in a row: the exact K-th largest is the threshold
+CANDIDATE_BYTES = 64                # host memory per extracted candidate (indices, values, sort keys)
+
+
+def candidate_cap(k):
+    return CAP_BASE + CAP_PER_K * k
+
+
+def block_rows(padded, k, memory_mb, bytes_per_element):
+    """Query rows per block: the similarity block, the group maxima and the candidates of a row fit memory_mb."""
+    per_row = padded * bytes_per_element + GROUPS * 8 + candidate_cap(k) * CANDIDATE_BYTES
+    return similarity.rows_per_block(memory_mb, per_row)
+
+
+def top_k(blocks, num_queries, k, rows):
+    """The k best columns of every query row of `blocks` (rows queries a block) and their scores, best first.
+
+    blocks: similarity.NumpyBlocks / PaddleBlocks (or a subclass with other scores) over a gallery padded to a
+    multiple of GROUPS columns; k must not exceed the number of finite scores of any row.
+    Returns (indices int64 Q x k, scores float32 Q x k).
+    """
+    indices = np.empty((num_queries, k), np.int64)
+    scores = np.empty((num_queries, k), np.float32)
+    grouped = 2 * k <= GROUPS
+    for r0 in range(0, num_queries, rows):
+        r1 = min(r0 + rows, num_queries)
+        s = blocks.similarities(r0, r1)
+        maxima = blocks.group_max(s, GROUPS, GROUP_STEP) if grouped else None
+        step = blocks.pass_rows or rows
+        for c0 in range(r0, r1, step):
+            c1 = min(c0 + step, r1)
+            part = s if step >= rows else s[c0 - r0:c1 - r0]
+            bound = maxima[c0 - r0:c1 - r0] if grouped else None
+            indices[c0:c1], scores[c0:c1] = _select(blocks, part, bound, k)
+    return indices, scores
+
+
+def _select(blocks, s, maxima, k):
+    """Steps 1-3 of the module docstring for the rows of `s`."""
+    if maxima is not None:
+        tau = -np.partition(-maxima, k - 1, axis=1)[:, k - 1]
+        count = blocks.count_ge(s, tau)
+        exact = (count > candidate_cap(k)) | ~np.isfinite(tau)
+    else:
+        tau, exact = None, np.ones(len(s), bool)
+    if exact.any():
+        kth = blocks.kth_largest(s, k)
+        tau = kth if tau is None else np.where(exact, kth, tau)
+        blocks.count_ge(s, tau)
+    row, col, value = blocks.candidates(s, tau.astype(np.float32), np.ones(len(tau), bool))
+    order = np.lexsort((col, -value, row))
+    row, col, value = row[order], col[order], value[order]
+    take = np.searchsorted(row, np.arange(len(tau)))[:, None] + np.arange(k)
+    return col[take], value[take]
+
+
+class ExactIndex:
+    """A gallery searched exactly by cosine similarity: normalised and padded once, then queried in blocks.
+
+    features: N x D; memory_mb bounds one block's working memory (the N x D float32 copy comes on top).
+    use_gpu, backend: as metrics.retrieval_metrics.
+    """
+
+    def __init__(self, features, memory_mb=similarity.DEFAULT_MEMORY_MB, use_gpu=False, backend=None):
+        similarity.check_backend(backend, use_gpu)
+        self.num_items = len(features)
+        self.gallery = similarity.padded_gallery(features, GROUPS)
+        self.memory_mb, self.use_gpu, self.backend = memory_mb, use_gpu, backend
+
+    def search(self, queries, k, exclude_self=False, block_size=None):
+        """The k nearest items of each query (its own row excluded when exclude_self: queries are the gallery),
+        nearest first: (indices Q x k, cosine similarities Q x k); k is capped at the items there are."""
+        queries = self.gallery[:self.num_items] if exclude_self else similarity.l2_normalize(queries)
+        if queries.shape[1] != self.gallery.shape[1]:
+            raise ValueError("query and gallery dimensions differ: %d vs %d"
+                             % (queries.shape[1], self.gallery.shape[1]))
+        k = min(int(k), self.num_items - int(exclude_self))
+        if k < 1 or len(queries) == 0:
+            return np.empty((len(queries), max(k, 0)), np.int64), np.empty((len(queries), max(k, 0)), np.float32)
+        per_element = similarity.blocks_class(self.use_gpu, self.backend).bytes_per_element
+        rows = min(block_size or block_rows(len(self.gallery), k, self.memory_mb, per_element), len(queries))
+        with similarity.open_blocks(queries, self.gallery, self.num_items, rows, exclude_self, self.use_gpu,
+                                    self.backend) as blocks:
+            return top_k(blocks, len(queries), k, rows)
+
+
+def nearest(queries, gallery, k, memory_mb=similarity.DEFAULT_MEMORY_MB, exclude_self=False, block_size=None,
+            use_gpu=False, backend=None):
+    """ExactIndex(gallery).search(queries, k): with exclude_self, queries are the gallery and skip themselves."""
+    return ExactIndex(gallery, memory_mb, use_gpu, backend).search(queries, k, exclude_self, block_size)
