@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 
 import reader  # noqa: E402
 import utility  # noqa: E402
-from core import image_ops  # noqa: E402
+from core import image_ops, samplers  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TOY_IMAGE_SIZE = 80
@@ -166,7 +166,7 @@ AUGMENTATION = image_ops.Augmentation(crop_scale_min=0.08, random_flip=True, rot
 def reader_batches(reader_name, data_set, batch_size, num_workers, seed):
     if reader_name == "train":
         train_list = data_set["train_list"]
-        sampler = reader.make_sampler(reader.SHUFFLED, reader.train_labels(train_list), batch_size, 1, seed)
+        sampler = samplers.make_sampler(samplers.SHUFFLED, reader.train_labels(train_list), batch_size, 1, seed)
         return reader.train_batches(train_list, sampler, data_set["image_shape"], AUGMENTATION,
                                     num_workers=num_workers, seed=seed)
     return reader.eval_batches(reader.read_list(data_set["data_dir"], EVAL_LIST), batch_size,

@@ -1,4 +1,5 @@
-"""The library behind the commands (train_elem.py, train_pair.py, eval.py, infer.py, export_model.py, demo.py).
+"""The library behind the commands (train_elem.py, train_pair.py, eval.py, infer.py, export_model.py, search.py,
+demo.py).
 
     paddle_env   thread counts and log level, set before Paddle is imported (importing `core` does it first)
     flags        every command-line flag, declared and checked once
@@ -19,6 +20,7 @@
     visualize    retrieval pictures and the Recall@K curve
     run_log      the run's configuration file and VisualDL scalars
     image_ops    decoding, augmentation and the test-time path of one image
+    samplers     which images make each training batch, by the loss's batch layout
     worker_pool  the decoding processes behind reader.py
 
 models/, losses/, reader.py and utility.py, beside this package, are the design's own modules.

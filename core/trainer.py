@@ -17,7 +17,8 @@ import paddle
 import losses
 import reader
 import utility
-from core import checkpoint, distributed, flags, image_ops, metrics, onednn, pretrained, programs, run_log
+from core import (checkpoint, distributed, flags, image_ops, metrics, onednn, pretrained, programs, run_log,
+                  samplers)
 from utility import flag_error, log
 
 BEST_CHECKPOINT = "best"  # model_save_dir/<model>/best: the weights of the best test Recall@1
@@ -124,7 +125,7 @@ def prepare(args, rank=0):
     try:
         for warning in loss.check_labels(labels):
             print("warning: %s (classes of %s)" % (warning, train_list.list_path), file=sys.stderr, flush=True)
-        sampler = reader.make_sampler(loss.batch_layout, labels, args.train_batch_size, loss.samples_each_class,
+        sampler = samplers.make_sampler(loss.batch_layout, labels, args.train_batch_size, loss.samples_each_class,
                                       args.seed)
     except ValueError as error:
         utility.usage_error("%s (classes of %s)" % (error, train_list.list_path))

@@ -7,7 +7,7 @@ benchmarks and the tests ask the class; none of them compares loss names.
 """
 import numpy as np
 
-from reader import CLASS_BALANCED, SHUFFLED, TRIPLETS  # noqa: F401  (the layouts a loss can ask the reader for)
+from core.samplers import CLASS_BALANCED, SHUFFLED, TRIPLETS  # noqa: F401  (the layouts a loss can ask for)
 from utility import Flag, positive
 
 

@@ -14,7 +14,7 @@ import infer
 import reader
 import search
 import train_pair
-from core import gallery_index, image_ops, trainer
+from core import gallery_index, image_ops, samplers, trainer
 from core.flags import check_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,7 +181,7 @@ def kill_if_running(pid):
 def test_rank_shares_put_together_are_the_single_process_batches(toy_root):
     def stream(rank, world_size):
         image_list = reader.read_train_list(toy_root)
-        sampler = reader.make_sampler(reader.CLASS_BALANCED, reader.train_labels(image_list), 8, 2, seed=3)
+        sampler = samplers.make_sampler(samplers.CLASS_BALANCED, reader.train_labels(image_list), 8, 2, seed=3)
         return reader.train_batches(image_list, sampler, (3, 16, 16), image_ops.Augmentation(0.08, True, True),
                                     num_workers=0, seed=3, rank=rank, world_size=world_size)
 

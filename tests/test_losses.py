@@ -7,7 +7,7 @@ import paddle
 import pytest
 
 import losses
-import reader
+from core import samplers
 import utility
 
 FEATURE_DIM = 5
@@ -590,10 +590,10 @@ def test_registry_describes_each_loss():
     assert losses.names(has_classifier=False)[:4] == ["triplet", "quadruplet", "eml", "npairs"]
     for name, loss_class in losses.LOSSES.items():
         assert loss_class.name == name and issubclass(loss_class, losses.Loss)
-        assert loss_class.batch_layout in reader.BATCH_LAYOUTS
+        assert loss_class.batch_layout in samplers.BATCH_LAYOUTS
         loss = build(name, 12)  # every flag's default makes a working loss
-        assert loss.has_classifier == (loss.batch_layout == reader.SHUFFLED)
-        assert loss.samples_each_class >= (2 if loss.batch_layout == reader.CLASS_BALANCED else 1)
+        assert loss.has_classifier == (loss.batch_layout == samplers.SHUFFLED)
+        assert loss.samples_each_class >= (2 if loss.batch_layout == samplers.CLASS_BALANCED else 1)
 
 
 # ---------------------------------------------------------------- training a tiny embedding
@@ -608,9 +608,9 @@ def cluster_batch(labels, rng):
 
 def batch_labels(loss, batch_size, rng):
     """The labels of one batch laid out as the loss's batch layout asks."""
-    if loss.batch_layout == reader.SHUFFLED:
+    if loss.batch_layout == samplers.SHUFFLED:
         return rng.integers(0, NUM_CLASSES, batch_size)
-    if loss.batch_layout == reader.TRIPLETS:
+    if loss.batch_layout == samplers.TRIPLETS:
         triples = [rng.choice(NUM_CLASSES, size=2, replace=False) for _ in range(batch_size // 3)]
         return np.array([[same, same, other] for same, other in triples]).ravel()
     per_class = loss.samples_each_class

@@ -6,11 +6,10 @@ import sys
 
 import numpy as np
 import pytest
-import scipy.stats
 from PIL import Image
 
 import reader
-from core import image_ops, worker_pool
+from core import image_ops, samplers, worker_pool
 
 HEADER = "image_id class_id super_class_id path\n"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +54,7 @@ def train_stream(root, batch_layout, batch_size, image_shape, augmentation=PLAIN
                  **options):
     """reader.train_batches over the training list of `root`, with the sampler of `batch_layout`."""
     image_list = reader.read_train_list(root)
-    sampler = reader.make_sampler(batch_layout, reader.train_labels(image_list), batch_size, samples_each_class, seed)
+    sampler = samplers.make_sampler(batch_layout, reader.train_labels(image_list), batch_size, samples_each_class, seed)
     return reader.train_batches(image_list, sampler, image_shape, augmentation, seed=seed, **options)
 
 
@@ -115,73 +114,6 @@ def test_non_utf8_and_missing_list_files(tmp_path):
         reader.read_image_list(str(tmp_path / "absent.txt"))
 
 
-# ---------------------------------------------------------------- samplers
-
-def test_shuffled_sampler_visits_every_image_once_per_epoch():
-    labels = np.arange(10)
-    sampler = reader.ShuffledSampler(labels, batch_size=4, seed=3)
-    stream = np.concatenate([sampler.batch(b) for b in range(5)])
-    assert sorted(stream[:10].tolist()) == list(range(10))
-    assert sorted(stream[10:20].tolist()) == list(range(10))
-    assert not np.array_equal(stream[:10], stream[10:20])
-    assert np.array_equal(reader.ShuffledSampler(labels, 4, seed=3).batch(3), sampler.batch(3))
-
-
-def test_triplet_sampler_structure():
-    labels = np.repeat(np.arange(6), [1, 2, 3, 4, 2, 5])
-    sampler = reader.TripletSampler(labels, batch_size=12, seed=0)
-    for batch_index in range(20):
-        triples = sampler.batch(batch_index).reshape(-1, 3)
-        assert len(triples) == 4
-        for anchor, positive, negative in triples:
-            assert labels[anchor] == labels[positive] and anchor != positive
-            assert labels[negative] != labels[anchor]
-            assert labels[anchor] != 0  # a singleton class cannot be an anchor
-
-
-def test_triplet_classes_are_drawn_uniformly_over_classes_not_images():
-    """As the original: every class with two images is an anchor class equally often, however many images it has,
-    and the negative's class is uniform over the other classes, the singleton included."""
-    sizes = [1, 2, 3, 40, 100, 5]  # images per class: drawing over images would pick class 4 fifty times class 1's
-    labels = np.repeat(np.arange(len(sizes)), sizes)
-    sampler = reader.TripletSampler(labels, batch_size=300, seed=5)
-    triples = labels[np.concatenate([sampler.batch(index) for index in range(20)])].reshape(-1, 3)
-    anchor_counts = np.bincount(triples[:, 0], minlength=len(sizes))
-    assert anchor_counts[0] == 0 and (triples[:, 0] == triples[:, 1]).all()
-    assert scipy.stats.chisquare(anchor_counts[1:]).pvalue > 0.01, anchor_counts  # 2000 triples, 5 anchor classes
-    for anchor_class in range(1, len(sizes)):
-        negatives = triples[triples[:, 0] == anchor_class, 2]
-        counts = np.bincount(negatives, minlength=len(sizes))
-        assert counts[anchor_class] == 0
-        assert scipy.stats.chisquare(np.delete(counts, anchor_class)).pvalue > 0.01, (anchor_class, counts)
-
-
-def test_class_balanced_sampler_structure_and_small_classes():
-    labels = np.repeat(np.arange(8), [3, 1, 4, 2, 5, 3, 1, 3])
-    with pytest.warns(UserWarning, match="2 of 8 classes have fewer than --samples_each_class=2"):
-        sampler = reader.ClassBalancedSampler(labels, batch_size=6, samples_each_class=2, seed=1)
-    seen_classes = set()
-    for batch_index in range(12):
-        batch = sampler.batch(batch_index)
-        groups = labels[batch].reshape(3, 2)
-        assert (groups[:, 0] == groups[:, 1]).all()
-        assert len(set(groups[:, 0])) == 3
-        assert len(set(batch.tolist())) == 6
-        seen_classes.update(groups[:, 0].tolist())
-    assert seen_classes == {0, 2, 3, 4, 5, 7}
-
-
-@pytest.mark.parametrize("batch_layout, batch_size, samples_each_class, words", [
-    (reader.CLASS_BALANCED, 7, 2, "--train_batch_size=7 must be a multiple of --samples_each_class=2"),
-    (reader.CLASS_BALANCED, 40, 2, "needs 20 classes per batch, but only 10"),
-    (reader.TRIPLETS, 10, 2, "--train_batch_size=10 must be a multiple of 3"),
-    ("pairs", 6, 2, "unknown batch layout 'pairs'"),
-])
-def test_sampler_configuration_errors_name_the_flag(batch_layout, batch_size, samples_each_class, words):
-    with pytest.raises(ValueError, match=words):
-        reader.make_sampler(batch_layout, np.repeat(np.arange(10), 3), batch_size, samples_each_class, 0)
-
-
 # ---------------------------------------------------------------- batch readers
 
 def test_eval_batches_keep_file_order_and_labels(sop_root):
@@ -201,7 +133,7 @@ def test_infer_batches_yield_paths(sop_root):
     assert paths[0] == os.path.join(sop_root, "mug_final/test_1_0.JPG")
 
 
-@pytest.mark.parametrize("batch_layout", reader.BATCH_LAYOUTS)
+@pytest.mark.parametrize("batch_layout", samplers.BATCH_LAYOUTS)
 def test_train_batches_labels_match_the_pixels(sop_root, batch_layout):
     stream = train_stream(sop_root, batch_layout, 6, (3, 16, 16), num_workers=2)
     for _, (images, labels) in zip(range(4), stream):
@@ -218,7 +150,7 @@ def take(stream, count):
 
 def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
     def stream(num_workers, start_batch=0):
-        return train_stream(sop_root, reader.CLASS_BALANCED, 4, (3, 16, 16), image_ops.Augmentation(0.08, True, True),
+        return train_stream(sop_root, samplers.CLASS_BALANCED, 4, (3, 16, 16), image_ops.Augmentation(0.08, True, True),
                             num_workers=num_workers, seed=7, start_batch=start_batch)
     inline = take(stream(0), 5)
     parallel = take(stream(2), 5)
@@ -232,7 +164,7 @@ def test_train_stream_is_identical_for_any_worker_count_and_resumes(sop_root):
 
 def test_ranks_split_each_global_batch(sop_root):
     def labels_of(rank, world_size):
-        stream = train_stream(sop_root, reader.CLASS_BALANCED, 8, (3, 8, 8), num_workers=0, rank=rank,
+        stream = train_stream(sop_root, samplers.CLASS_BALANCED, 8, (3, 8, 8), num_workers=0, rank=rank,
                               world_size=world_size)
         return np.concatenate([labels for _, labels in take(stream, 3)]).ravel()
 
@@ -247,13 +179,13 @@ def test_bad_training_images_are_replaced_then_fatal(sop_root, capsys):
     os.remove(os.path.join(sop_root, "mug_final/train_1_0.JPG"))
     with open(os.path.join(sop_root, "mug_final/train_2_0.JPG"), "wb") as broken:
         broken.write(b"\xff\xd8\xff\xe0 not really a jpeg")
-    stream = train_stream(sop_root, reader.SHUFFLED, 40, (3, 8, 8), num_workers=1)
+    stream = train_stream(sop_root, samplers.SHUFFLED, 40, (3, 8, 8), num_workers=1)
     images, labels = next(stream)
     stream.close()
     assert decoded_class(images).tolist() == (labels.ravel() + 1).tolist()  # replaced within the class
     warnings = capsys.readouterr().err
     assert "train_1_0.JPG" in warnings and "train_2_0.JPG" in warnings
-    strict = train_stream(sop_root, reader.SHUFFLED, 40, (3, 8, 8), num_workers=1, max_bad_images=1)
+    strict = train_stream(sop_root, samplers.SHUFFLED, 40, (3, 8, 8), num_workers=1, max_bad_images=1)
     with pytest.raises(reader.TooManyBadImagesError, match="--max_bad_images=1"):
         next(strict)
 
@@ -268,7 +200,7 @@ def test_unreadable_eval_image_is_an_error_naming_the_file(sop_root):
 
 
 def test_closing_the_stream_early_leaves_no_workers(sop_root):
-    stream = train_stream(sop_root, reader.SHUFFLED, 4, (3, 8, 8), num_workers=2)
+    stream = train_stream(sop_root, samplers.SHUFFLED, 4, (3, 8, 8), num_workers=2)
     next(stream)
     assert len(multiprocessing.active_children()) == 2
     stream.close()
@@ -276,9 +208,9 @@ def test_closing_the_stream_early_leaves_no_workers(sop_root):
 
 
 def test_a_pool_nobody_closed_does_not_hang_the_exit(sop_root):
-    script = ("import sys; sys.path.insert(0, %r); import reader; from core import image_ops\n"
+    script = ("import sys; sys.path.insert(0, %r); import reader; from core import image_ops, samplers\n"
               "image_list = reader.read_train_list(%r)\n"
-              "sampler = reader.make_sampler('shuffled', reader.train_labels(image_list), 4, 1, 0)\n"
+              "sampler = samplers.make_sampler('shuffled', reader.train_labels(image_list), 4, 1, 0)\n"
               "stream = reader.train_batches(image_list, sampler, (3, 8, 8), image_ops.Augmentation(0.08, True, False), "
               "num_workers=2)\n"
               "next(stream)\n"

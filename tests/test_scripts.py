@@ -19,6 +19,7 @@ import reader
 import train_elem
 import train_pair
 import utility
+from core import samplers
 
 import script_tools
 from script_tools import ROOT, train_flags
@@ -320,7 +321,7 @@ class MeanGapLoss(losses.Loss):
     to its negatives. It exists to show that a loss is one class plus one registry entry."""
 
     name = "mean_gap"
-    batch_layout = reader.CLASS_BALANCED
+    batch_layout = samplers.CLASS_BALANCED
     flags = (losses.SAMPLES_EACH_CLASS,
              utility.Flag("gap_weight", float, 1.0, "mean_gap: weight of the negatives' term.", utility.positive))
 
