@@ -1,7 +1,12 @@
-r"""Extracts the feature of every test-list image with a trained model.
+r"""Extracts the feature of every test-list image with a trained model, or of any images.
 
     python infer.py --model=ResNet50 --batch_size=1 --pretrained_model=output/ResNet50/30000 \
         --save_features=features.npy
+    python infer.py --model=ResNet50 --batch_size=32 --pretrained_model=output/ResNet50/30000 \
+        --image_dir=my_photos --save_features=my_photos.npy
+
+The features are the network's output as it is, not L2-normalised (eval.py normalises them before comparing).
+Each batch prints its first feature's first values, as the original did; with --save_features, every 20th batch.
 
 Under `python -m paddle.distributed.launch --nproc_per_node=N` (and `--ips=...` for several machines) each process
 extracts a contiguous share of the list and process 0 writes all features, in list order.
@@ -21,7 +26,7 @@ from utility import log
 
 def make_parser():
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_flags(flags.NETWORK + (flags.BATCH_SIZE, flags.SAVE_FEATURES), batch_size=1)
+    parser.add_flags(flags.NETWORK + (flags.BATCH_SIZE, flags.SAVE_FEATURES) + flags.INFER_IMAGES, batch_size=1)
     return parser
 
 
@@ -43,9 +48,11 @@ def save_features(path, features, image_paths):
 @utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
+    flags.check_infer_images(args)
     utility.print_arguments(args)
     rank, world_size = distributed.init()
-    whole_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+    source = args.list or args.image_dir
+    whole_list = reader.read_images(source) if source else reader.read_list(args.data_dir, reader.TEST_LIST)
     start, stop = distributed.shard(len(whole_list.paths), rank, world_size)
     if world_size > 1:
         log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(whole_list.paths)))
@@ -58,9 +65,10 @@ def main(argv=None):
             (batch_features,) = executor.run(feature_program.program, feed={"image": images},
                                              fetch_list=[feature_program.feature])
             batch_features = np.asarray(batch_features).reshape(len(images), -1)
-            # the original's per-batch line, through the bar, which clears and redraws itself around it
-            bar.write("Test-{0}-feature: {1}".format(batch_id, batch_features[0][:5]), file=sys.stdout)
-            sys.stdout.flush()
+            if not args.save_features or batch_id % programs.TEST_LOG_EVERY == 0:
+                # the original's per-batch line, through the bar, which clears and redraws itself around it
+                bar.write("Test-{0}-feature: {1}".format(batch_id, batch_features[0][:5]), file=sys.stdout)
+                sys.stdout.flush()
             bar.update(len(images))
             features.append(batch_features)
     features = distributed.gather_rows(np.concatenate(features) if features else np.empty((0, 0)), rank,

@@ -200,7 +200,7 @@ def read_path_list(list_path):
         if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in line):
             raise ListFormatError("%s:%d: path %r contains a control character or line separator"
                                   % (list_path, line_number, line))
-        paths.append(os.path.join(root, line.strip()))
+        paths.append(os.path.normpath(os.path.join(root, line.strip())))
     if not paths:
         raise ListFormatError("%s: no image paths listed" % list_path)
     return _unlabelled(list_path, paths)

@@ -195,6 +195,13 @@ BY_SUPER_CLASS = Flag("by_super_class", bool, False, "Also Recall@K for the quer
 
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
                      "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
+# What infer.py extracts, instead of Ebay_test.txt in --data_dir.
+INFER_IMAGES = (
+    Flag("list", str, None, "Extract the images of this list instead of --data_dir's Ebay_test.txt: a list in the "
+         "SOP format or a plain list of image paths, one a line, relative to the list's folder."),
+    Flag("image_dir", str, None, "Extract every image file under this folder (in path order) instead of --data_dir's "
+         "Ebay_test.txt."),
+)
 
 
 def _faiss_type(index_type):
@@ -273,6 +280,11 @@ def check_training(args):
 def per_process_batch_size(args):
     """Each process's share of --train_batch_size, which is over all processes as the original's was over all GPUs."""
     return args.train_batch_size // distributed.world_size()
+
+
+def check_infer_images(args):
+    if args.list and args.image_dir:
+        flag_error("list", "give --list or --image_dir, not both")
 
 
 def check_query_gallery(args):

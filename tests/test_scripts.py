@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,3 +373,32 @@ def test_a_class_dim_far_above_the_classes_is_a_warning(toy_root, tmp_path, caps
     train_elem.main(train_flags(toy_root, tmp_path, "softmax", 1, class_dim=11318))
     assert ("warning: --class_dim=11318, but the training labels need only 12 outputs: 11306 of the classifier's are "
             "never a target; pass --class_dim=12 (classes of %s/Ebay_train.txt)" % toy_root) in capsys.readouterr().err
+
+
+def test_infer_takes_any_list_or_folder_of_images(toy_root, trained_checkpoint, tmp_path, capsys):
+    """--list (SOP format or plain paths, relative to the list) and --image_dir give the test list's features of the
+    same images; with --save_features the per-batch line is printed every 20 batches only."""
+    everything = str(tmp_path / "all.npy")
+    infer.main(feature_flags(toy_root, trained_checkpoint, 1) + ["--save_features=%s" % everything])
+    output = capsys.readouterr().out
+    test_paths = reader.read_list(toy_root, reader.TEST_LIST).paths
+    assert [int(batch) for batch in re.findall(r"Test-(\d+)-feature", output)] == list(range(0, len(test_paths), 20))
+    by_path = dict(zip(test_paths, np.load(everything)))
+    folder = tmp_path / "my_photos"
+    copies = {}
+    for index, path in enumerate(test_paths[:6]):  # a folder with sub-folders and a file that is no image
+        copies[str(folder / ("shelf_%d" % (index % 2)) / ("photo_%d.jpg" % index))] = path
+        os.makedirs(os.path.dirname(list(copies)[-1]), exist_ok=True)
+        shutil.copy(path, list(copies)[-1])
+    (folder / "notes.txt").write_text("not an image")
+    by_path.update({copy: by_path[path] for copy, path in copies.items()})
+    plain = tmp_path / "mine.txt"
+    plain.write_text("".join(os.path.relpath(path, str(tmp_path)) + "\n" for path in test_paths[5:12]))
+    for flag, expected in [("--image_dir=%s" % folder, sorted(copies)), ("--list=%s" % plain, test_paths[5:12]),
+                           ("--list=%s" % os.path.join(toy_root, reader.TEST_LIST), test_paths)]:
+        saved = str(tmp_path / "some.npy")
+        infer.main(feature_flags(toy_root, trained_checkpoint, 4) + [flag, "--save_features=%s" % saved])
+        assert open(saved[:-4] + ".paths.txt").read().split("\n")[:-1] == expected, flag
+        np.testing.assert_allclose(np.load(saved), [by_path[path] for path in expected], rtol=1e-5, atol=1e-6)
+    code, _, err = script_tools.run_main(infer, TINY + ["--list=%s" % plain, "--image_dir=%s" % folder], capsys)
+    assert code == 2 and script_tools.error_line(err) == "error: --list: give --list or --image_dir, not both"
