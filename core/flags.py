@@ -41,6 +41,8 @@ def _weights_exist(path):
 
 
 def _resumable(path):
+    if path == checkpoint.AUTO:  # resolved when training starts: none yet is fine
+        return None
     try:
         checkpoint.find_checkpoint(path)
     except checkpoint.CheckpointError as error:
@@ -119,7 +121,9 @@ TRAINING = (
          one_of(programs.AMP_DTYPES)),
     PRETRAINED_MODEL,
     Flag("checkpoint", str, None, "Checkpoint directory to resume from exactly (weights, momentum, learning-rate "
-         "schedule, iteration).", _resumable),
+         "schedule, iteration); 'auto': the newest one in model_save_dir/<model>, or a fresh start (from "
+         "--pretrained_model, if given) when there is none, so that the same command line can be restarted after "
+         "any interruption.", _resumable),
     MODEL_SAVE_DIR,
     Flag("save_best", bool, True, "Also keep the checkpoint of the best test Recall@1 so far in "
          "model_save_dir/<model>/best/."),
@@ -169,8 +173,9 @@ def check_training(args):
     if args.lr_strategy == "piecewise_decay" and args.lr_steps and min(args.lr_steps) <= args.warmup_iter_num:
         flag_error("lr_steps", "the learning rate cannot decay during the warm-up: %s is not after "
                    "--warmup_iter_num=%d" % (",".join(map(str, args.lr_steps)), args.warmup_iter_num))
-    if args.checkpoint and args.pretrained_model:
-        flag_error("checkpoint", "resume with --checkpoint or start from --pretrained_model, not both")
+    if args.checkpoint and args.checkpoint != checkpoint.AUTO and args.pretrained_model:
+        flag_error("checkpoint", "resume with --checkpoint or start from --pretrained_model, not both (or use "
+                   "--checkpoint=auto, which starts from --pretrained_model when there is no checkpoint yet)")
     if args.use_amp and args.amp_dtype == "float16" and not args.use_gpu:
         flag_error("amp_dtype", "float16 needs --use_gpu=True (Paddle's CPU kernels lack it); on CPU use bfloat16")
     processes = distributed.world_size()

@@ -165,24 +165,37 @@ class TrainingRun:
         self.iteration = 0
         self.last_saved = None
         self.best_recall = None  # the best test Recall@1 of this run so far, --checkpoint's included
-        if args.checkpoint:
-            state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
+        resume_from = self.resume_point()
+        if resume_from:
+            state = checkpoint.load_checkpoint(self.train_program.program, resume_from)
             self.iteration = state["iteration"]
             self.best_recall = state.get("best_test_recall")
-            self.last_saved = args.checkpoint
+            self.last_saved = resume_from
             scheduler = self.train_program.scheduler
             if set(state["lr_scheduler"]) != set(scheduler.state_dict()):
                 flag_error("warmup_iter_num", "%s was saved by a run %s a warm-up; resume with the flags it was "
                            "trained with (run_config_*.json beside it)"
-                           % (args.checkpoint, "with" if "LinearWarmup_LR" in state["lr_scheduler"] else "without"))
+                           % (resume_from, "with" if "LinearWarmup_LR" in state["lr_scheduler"] else "without"))
             scheduler.set_state_dict(state["lr_scheduler"])
-            self.log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
+            self.log("resumed from %s at iteration %d" % (resume_from, self.iteration))
         elif args.pretrained_model:
             pretrained.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
         self.saved_iteration = self.iteration  # what this iteration's state is, is on disk already or untrained
         if self.rank == 0:
             config = run_log.write_run_config(os.path.join(args.model_save_dir, args.model), args, self.iteration)
             log("run configuration written to %s" % config)
+
+    def resume_point(self):
+        """The checkpoint --checkpoint names; with --checkpoint=auto the newest in model_save_dir/<model>, if any."""
+        args = self.args
+        if args.checkpoint != checkpoint.AUTO:
+            return args.checkpoint
+        save_dir = os.path.join(args.model_save_dir, args.model)
+        newest = checkpoint.newest_checkpoint(save_dir)
+        if newest is None:
+            self.log("--checkpoint=auto: no checkpoint in %s yet: starting %s" % (
+                save_dir, "from --pretrained_model" if args.pretrained_model else "from scratch"))
+        return newest
 
     def check_parameters_finite(self):
         """Before each save, so that no checkpoint holds a NaN. Between saves the per-iteration loss check suffices:
@@ -196,11 +209,10 @@ class TrainingRun:
     def save(self):
         if self.args.nan_check:
             self.check_parameters_finite()
-        if self.rank != 0:  # the processes hold the same parameters
-            return
-        directory = self._save_as(str(self.iteration))
-        log("saved checkpoint %s" % directory)
-        self.last_saved = directory
+        if self.rank == 0:  # the processes hold the same parameters
+            directory = self._save_as(str(self.iteration))
+            log("saved checkpoint %s" % directory)
+            self.last_saved = directory
         self.saved_iteration = self.iteration
 
     def _save_as(self, name, **extra_state):
@@ -275,7 +287,6 @@ class TrainingRun:
         """Trains to --total_iter_num or to a SIGINT/SIGTERM, saving on the way and at the end."""
         args = self.args
         window = DisplayWindow()
-        saved_at = None
         batches = self.batches()
         with StopRequest() as stop, contextlib.closing(batches), contextlib.closing(self.scalars):
             while self.iteration < args.total_iter_num and not self.stop_agreed(stop):
@@ -291,9 +302,8 @@ class TrainingRun:
                     window.restart_clock()
                 if self.iteration % args.save_iter_step == 0:
                     self.save()
-                    saved_at = self.iteration
                     window.restart_clock()
-            if saved_at != self.iteration:
+            if self.saved_iteration != self.iteration:  # a run resumed at --total_iter_num has nothing to save
                 self.save()
             if self.stop_vote is not None:
                 self.stop_vote.agree(0)  # none exits, which makes the launcher stop the rest, before the save is done

@@ -155,17 +155,27 @@ def test_sigterm_to_the_whole_job_saves_and_exits_while_a_second_run_is_locked_o
         assert lock.read() == ""  # released
 
 
-def test_a_killed_run_leaves_no_workers_and_its_stale_lock_is_taken_over(toy_root, tmp_path, capsys):
-    run = Training(train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2))
-    run.wait_for(r"trainbatch 1,")
+def test_a_run_restarted_at_once_after_kill_9_takes_the_lock_over_and_resumes(toy_root, tmp_path, capsys):
+    """What a job supervisor does: the same command again, with --checkpoint=auto, the moment the last one died."""
+    save_dir = tmp_path / "ResNet18"
+    run = Training(train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2, save_iter_step=1, checkpoint="auto"))
+    run.wait_for(r"saved checkpoint .*/2$")
+    assert "--checkpoint=auto: no checkpoint in %s yet: starting from scratch" % save_dir in "".join(run.lines)
     workers = run.workers()
     run.process.kill()
-    run.finish(timeout=30)
-    assert_gone(workers)
-    code, out, err = run_main(train_pair, train_flags(toy_root, tmp_path, "eml", 1, num_workers=0), capsys)
+    run.process.wait()
+    assert [pid for pid in workers if os.path.exists("/proc/%d" % pid)], "the workers outlive their parent a while"
+    newest = checkpoint.newest_checkpoint(str(save_dir))
+    iteration = int(os.path.basename(newest))
+    code, out, err = run_main(train_pair, train_flags(toy_root, tmp_path, "eml", iteration + 1, num_workers=0,
+                                                      save_iter_step=1, checkpoint="auto"), capsys)
     assert code == 0, err
     assert "warning: taking over %s from training run pid %d, which ended without releasing it" % (
-        tmp_path / "ResNet18" / checkpoint.LOCK_FILE, run.process.pid) in out
+        save_dir / checkpoint.LOCK_FILE, run.process.pid) in out
+    assert "resumed from %s at iteration %d" % (newest, iteration) in out
+    assert checkpoint.newest_checkpoint(str(save_dir)) == str(save_dir / str(iteration + 1))
+    run.finish(timeout=30)
+    assert_gone(workers)
 
 
 # ---------------------------------------------------------------- numerics
