@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import reader
 import utility
 from core import checkpoint, flags, metrics, programs, visualize
@@ -43,7 +44,8 @@ def save_pictures(args, query_list, query_features, gallery_list, gallery_featur
     log("retrieval pictures: %s; Recall@K curve: %s" % (", ".join(grids), curve))
 
 
-@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
+@utility.exit_on_signals()
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, utility.OutputError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     flags.check_query_gallery(args)
@@ -70,7 +72,7 @@ def main(argv=None):
     log("End test %d, test_recall %.5f" % (len(query_features), results["recall@1"]))
     print(format_table(results, args.recall_k), flush=True)
     if args.save_results:
-        with open(args.save_results, "w") as results_file:
+        with utility.atomic_output(args.save_results) as results_file:
             json.dump(results, results_file, indent=1, sort_keys=True)
     if args.save_vis:
         save_pictures(args, query_list, query_features, gallery_list, gallery_features, recall_curve)

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import reader
 import utility
 from core import checkpoint, flags, programs
@@ -27,17 +28,15 @@ def paths_file(features_path):
 
 
 def save_features(path, features, image_paths):
-    """Writes features and paths next to each other, each through a temporary file renamed into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    staging = path + ".saving.npy"
-    np.save(staging, features)
-    os.replace(staging, path)
-    with open(paths_file(path) + ".saving", "w") as listing:
+    """Writes features and paths next to each other, each complete or not at all (utility.atomic_output)."""
+    with utility.atomic_output(path, "wb") as features_file:
+        np.save(features_file, features)
+    with utility.atomic_output(paths_file(path)) as listing:
         listing.writelines(image_path + "\n" for image_path in image_paths)
-    os.replace(paths_file(path) + ".saving", paths_file(path))
 
 
-@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
+@utility.exit_on_signals()
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, utility.OutputError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     utility.print_arguments(args)

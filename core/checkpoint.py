@@ -190,7 +190,8 @@ def remove_interrupted_saves(directory, log=print):
         shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         removed.append(name)
     if removed:
-        log("removed %d unfinished saves of runs that were killed while saving: %s" % (len(removed), ", ".join(removed)))
+        log("removed %d unfinished saves of runs that were killed while saving: %s"
+            % (len(removed), ", ".join(removed)))
     return removed
 
 

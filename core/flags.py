@@ -12,7 +12,8 @@ import paddle
 import models
 import reader
 from core import checkpoint, distributed, metrics, programs
-from utility import Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive
+from utility import (Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive,
+                     writable_directory, writable_file)
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
 
@@ -66,8 +67,10 @@ def _positive_ints(values):
     return None if values and min(values) >= 1 else "needs positive integers, got %s" % values
 
 
-def _npy_file(path):
-    return None if path.endswith(".npy") else "must end in .npy, got %s" % path
+def _npy_output(path):
+    if not path.endswith(".npy"):
+        return "must end in .npy, got %s" % path
+    return writable_file(path) or writable_file(path[:-len(".npy")] + ".paths.txt")
 
 
 MODEL = Flag("model", str, "ResNet50", "Backbone: %s." % ", ".join(models.MODELS), one_of(models.MODELS))
@@ -90,7 +93,8 @@ BATCH_SIZE = Flag("batch_size", int, 10, "Mini-batch size.", positive)
 NETWORK = (MODEL, EMBEDDING_SIZE, IMAGE_SHAPE, USE_GPU, USE_MKLDNN, PRETRAINED_MODEL, DATA_DIR, NUM_WORKERS)
 
 MODEL_SAVE_DIR = Flag("model_save_dir", str, "output", "Output directory: training saves its checkpoints to "
-                      "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.")
+                      "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.",
+                      writable_directory)
 
 
 def loss_name(choices):
@@ -143,26 +147,26 @@ TRAINING = (
     Flag("force", bool, False, "Save into model_save_dir/<model> even while another training run is saving there "
          "(its lock file says which)."),
     Flag("vdl_log_dir", str, None, "Also write loss, learning rate and test recall to this directory for VisualDL "
-         "(optional: pip install visualdl)."),
+         "(optional: pip install visualdl).", writable_directory),
 )
 
 EVALUATION = (
     Flag("recall_k", parse_int_list, [1, 10, 100, 1000], "The K of Recall@K to report.", _positive_ints),
     Flag("eval_memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Memory budget of one block of the similarity matrix.",
          positive),
-    Flag("save_results", str, None, "Also write the metrics to this JSON file."),
+    Flag("save_results", str, None, "Also write the metrics to this JSON file.", writable_file),
     Flag("query_list", str, None, "List file (in --data_dir) of queries that search --gallery_list instead of all "
          "test images searching each other, e.g. Ebay_query.txt of In-Shop."),
     Flag("gallery_list", str, None, "List file (in --data_dir) of the gallery --query_list searches, e.g. "
          "Ebay_gallery.txt of In-Shop."),
     Flag("save_vis", str, None, "Directory to draw into: PNG grids of queries with their top results (green: same "
-         "class, red: other), and the Recall@K curve."),
+         "class, red: other), and the Recall@K curve.", writable_directory),
     Flag("vis_queries", int, 20, "Queries in the --save_vis grids, spread over the query list.", positive),
     Flag("vis_top_k", int, 8, "Results per query in the --save_vis grids.", positive),
 )
 
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
-                     "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
+                     "same order to PATH.paths.txt (PATH without .npy).", _npy_output)
 
 
 def check_training(args):

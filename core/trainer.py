@@ -51,7 +51,7 @@ class StopRequest:
     def _request(self, signum, frame):
         if self.signal_name is not None:
             if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out
+                utility.interrupt(signum)  # a second Ctrl-C: the user really wants out, unsaved
             return  # paddle.distributed.launch sends its SIGTERM to each process up to three times, 0.2 s apart
         self.signal_name = signal.Signals(signum).name
         log("%s received: finishing this iteration, saving a checkpoint and stopping" % self.signal_name)
@@ -315,9 +315,10 @@ class TrainingRun:
 
 
 # Failures of a run that are the data's, the disk's or the numbers' fault: one line each, exit code 1.
-TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError)
+TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError, utility.OutputError)
 
 
+@utility.exit_on_signals()
 def train(args):
     """Trains as the parsed flags say; returns the final checkpoint directory."""
     flags.check_training(args)
@@ -330,7 +331,8 @@ def train(args):
         # The first process alone saves, so it alone locks the directory.
         lock = checkpoint.SaveDirLock(save_dir, args.force, log) if rank == 0 else contextlib.nullcontext()
         with lock:
-            run = TrainingRun(args, data)
+            with utility.signals_held():  # Paddle sets the programs up in here
+                run = TrainingRun(args, data)
             try:
                 return run.run()
             except reader.READ_ERRORS:

@@ -1,5 +1,6 @@
 """Shared test set-up: import the project from the repository root, threads set before Paddle loads; toy data."""
 import os
+import signal
 import sys
 
 import pytest
@@ -10,6 +11,10 @@ sys.path.insert(0, ROOT)
 import core  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
+# core ends a script quietly on Ctrl-C until the script takes signals over; pytest keeps Python's usual ones.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
@@ -18,6 +23,20 @@ def toy_root(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("toy") / "toy_sop")
     make_toy_sop(root, num_train_classes=12, num_test_classes=8, min_images=3, max_images=5, image_size=40, seed=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory):
+    """A .pdparams of an untrained ResNet18 feature network at 3×32×32: the weights eval.py, infer.py and
+    export_model.py are given."""
+    import paddle
+    from core import programs
+    paddle.enable_static()
+    feature_program = programs.build_feature_program("ResNet18", 0, (3, 32, 32))
+    paddle.static.Executor(paddle.CPUPlace()).run(feature_program.startup)
+    prefix = str(tmp_path_factory.mktemp("weights") / "resnet18")
+    paddle.static.save(feature_program.program, prefix)
+    return prefix + ".pdparams"
 
 
 @pytest.fixture
