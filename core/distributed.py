@@ -7,9 +7,32 @@ statistics stay per process, as they stayed per GPU in the original's ParallelEx
 
 Paddle 3.3.1's fleet static collective optimizer fails under PIR, hence the explicit all-reduce. Without the
 launcher there is one process and nothing here communicates.
+
+When a process dies (kill -9, the out-of-memory killer), gloo fails the collective operation the others are in at
+once, and the launcher, seeing a process end with an error, stops the rest within seconds and names the dead rank in
+its log; the job ends with a non-zero exit code and a restart with --checkpoint=auto resumes it.
 """
+import contextlib
+
 import numpy as np
 import paddle
+
+
+class PeerLostError(RuntimeError):
+    """A step that communicates failed: what a process sees when another process of the launch has died."""
+
+
+@contextlib.contextmanager
+def peer_failures(rank, world_size):
+    """Reports a failed step of a multi-process run as PeerLostError, one line naming this process's rank."""
+    try:
+        yield
+    except RuntimeError as error:
+        if world_size == 1:
+            raise
+        raise PeerLostError("rank %d: a step exchanging data with the other processes failed (%s: %s); another "
+                            "process of this launch has probably died: the launcher's log names it"
+                            % (rank, type(error).__name__, (str(error).splitlines() or [""])[0])) from None
 
 
 def init():

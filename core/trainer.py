@@ -246,8 +246,9 @@ class TrainingRun:
         """One optimisation step; returns the learning rate used, the loss [and accuracies], the features."""
         program = self.train_program
         scalar_fetches = [program.loss] + program.accuracies
-        outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
-                                    fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
+        with distributed.peer_failures(self.rank, self.world_size):
+            outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
+                                        fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
         # The rate this step ran with, the one the executor fed: get_lr() recomputes it, which recursive schedules
         # (cosine) cannot do twice.
         lr = program.scheduler.last_lr
@@ -278,7 +279,8 @@ class TrainingRun:
         """Whether to stop before the next iteration; a signal to any one process stops them all after it."""
         if self.stop_vote is None:
             return stop.signal_name is not None
-        agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
+        with distributed.peer_failures(self.rank, self.world_size):
+            agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
         if agreed:
             stop.signal_name = signal.Signals(agreed).name
         return agreed != 0
@@ -306,7 +308,9 @@ class TrainingRun:
             if self.saved_iteration != self.iteration:  # a run resumed at --total_iter_num has nothing to save
                 self.save()
             if self.stop_vote is not None:
-                self.stop_vote.agree(0)  # none exits, which makes the launcher stop the rest, before the save is done
+                # none exits, which makes the launcher stop the rest, before the save is done
+                with distributed.peer_failures(self.rank, self.world_size):
+                    self.stop_vote.agree(0)
         if stop.signal_name is not None:
             self.log("stopped by %s at iteration %d; resume with --checkpoint=%s"
                      % (stop.signal_name, self.iteration, self.last_saved))
@@ -314,8 +318,10 @@ class TrainingRun:
         return self.last_saved
 
 
-# Failures of a run that are the data's, the disk's or the numbers' fault: one line each, exit code 1.
-TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError, utility.OutputError)
+# Failures of a run that are the data's, the disk's, the numbers' or another process's fault: one line each, exit
+# code 1.
+TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError, utility.OutputError,
+                                          distributed.PeerLostError)
 
 
 @utility.exit_on_signals()
