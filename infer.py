@@ -8,9 +8,9 @@ import contextlib
 import os
 import sys
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import numpy as np
 
-import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import reader
 import utility
 from core import checkpoint, flags, programs
