@@ -149,6 +149,10 @@ def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsy
     output = capsys.readouterr().out
     assert "resumed from %s at iteration 1" % (tmp_path / "pair" / "ResNet18" / "1") in output
     assert not re.search(r"loaded \d+, missing", output) and "trainbatch 2," in output
+    train_pair.main(pair_flags + ["--total_iter_num=2"])  # once more: the training is complete, nothing to do
+    output = capsys.readouterr().out
+    assert "resumed from %s at iteration 2" % (tmp_path / "pair" / "ResNet18" / "2") in output
+    assert "trainbatch" not in output and "saved checkpoint" not in output
 
 
 @pytest.fixture(scope="module")
