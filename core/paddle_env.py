@@ -2,7 +2,7 @@
 
 Importing paddle forces OMP_NUM_THREADS=1 when it is unset, which would make CPU training single-threaded, so the
 thread counts default to all cores here, before the import. Paddle's C++ info and warning lines would drown the
-one-line-per-step log; errors still show. Ctrl-C and SIGTERM end the process at once until a script takes them over.
+one-line-per-step log; errors still show. Ctrl-C and SIGTERM end a command at once until it takes them over.
 """
 import contextlib
 import io
@@ -33,27 +33,45 @@ def _import_paddle_without_its_thread_warning():
                 sys.stderr.write(line)
 
 
+SUITE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _runs_a_command_of_this_suite():
+    """Whether this process runs one of the suite's commands (train_elem.py, eval.py, ...: the scripts in its root), as
+    opposed to a test, a notebook, a benchmark or a data script that imports the suite."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(main_file) and os.path.dirname(os.path.abspath(main_file)) == SUITE_ROOT
+
+
 def _exit_at_once(signum, frame):
     utility.log("stopped by %s" % signal.Signals(signum).name)
     os._exit(128 + signum)
 
 
-def _exit_at_once_on_signals():
-    """Until a script takes over (utility.exit_on_signals), Ctrl-C or SIGTERM ends the process at once with its one
-    line and 130 or 143: it is importing or parsing its flags, and has nothing open or written. Python's own Ctrl-C
-    would print a KeyboardInterrupt traceback from deep inside some import, and Paddle's C++ handler answers SIGTERM,
-    the way schedulers stop jobs, with a "FatalError ... C++ Traceback" report. Paddle's handlers of real crashes
-    (SIGSEGV, SIGABRT, ...) stay. A signal the process was started with ignored stays ignored."""
-    for signum in utility.STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, _exit_at_once)
+def _signal_handlers():
+    """A command, until it takes the signals over (utility.exit_on_signals), ends at once on Ctrl-C or SIGTERM with its
+    one line and 130 or 143: it is importing or parsing its flags and has nothing open or written, and Python's own
+    Ctrl-C would print a KeyboardInterrupt traceback from deep inside some import. Anything else importing the suite
+    keeps the handlers it has. Either way, not the one Paddle's import installs, which answers SIGTERM (the way
+    schedulers stop jobs) with a "FatalError ... C++ Traceback" report. Paddle's handlers of real crashes (SIGSEGV,
+    SIGABRT, ...) stay. A signal the process was started with ignored stays ignored."""
+    current = {signum: signal.getsignal(signum) for signum in utility.STOP_SIGNALS}
+    if _runs_a_command_of_this_suite():
+        return {signum: _exit_at_once for signum, handler in current.items() if handler != signal.SIG_IGN}
+    return {signum: handler for signum, handler in current.items() if handler is not None}
 
 
-_exit_at_once_on_signals()
-# Importing Paddle installs its SIGTERM handler half-way: the signals wait until ours are back in place.
+def _set(handlers):
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+_handlers = _signal_handlers()
+_set(_handlers)
+# Importing Paddle installs its SIGTERM handler half-way: the signals wait until the handlers are back in place.
 _held_back = signal.pthread_sigmask(signal.SIG_BLOCK, utility.STOP_SIGNALS)
 try:
     _import_paddle_without_its_thread_warning()
 finally:
-    _exit_at_once_on_signals()
+    _set(_handlers)
     signal.pthread_sigmask(signal.SIG_SETMASK, _held_back)

@@ -1,6 +1,5 @@
 """Shared test set-up: import the project from the repository root, threads set before Paddle loads; toy data."""
 import os
-import signal
 import sys
 
 import pytest
@@ -10,10 +9,6 @@ sys.path.insert(0, ROOT)
 
 import core  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
 from data.make_toy_sop import make_toy_sop  # noqa: E402
-
-# core ends a script quietly on Ctrl-C until the script takes signals over; pytest keeps Python's usual ones.
-signal.signal(signal.SIGINT, signal.default_int_handler)
-signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")

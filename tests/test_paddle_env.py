@@ -14,3 +14,19 @@ def test_scripts_start_without_paddles_thread_warning_and_with_all_cores():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(os.cpu_count())
     assert "OMP_NUM_THREADS" not in result.stderr
+
+
+def test_importing_the_suite_keeps_pythons_signal_handlers_not_paddles():
+    """A notebook, a test or a data script importing core keeps its Ctrl-C, and a SIGTERM ends it quietly: the
+    operating system's SIGTERM handler is the default again, not the one Paddle's import installs, which prints a
+    "FatalError ... C++ Traceback" report."""
+    script = ("import ctypes, signal, core\n"
+              "class Action(ctypes.Structure):\n"
+              "    _fields_ = [('handler', ctypes.c_void_p), ('mask', ctypes.c_ulong * 16), ('flags', ctypes.c_int), "
+              "('restorer', ctypes.c_void_p)]\n"
+              "action = Action()\n"
+              "ctypes.CDLL(None).sigaction(signal.SIGTERM, None, ctypes.byref(action))\n"
+              "print(signal.getsignal(signal.SIGINT) is signal.default_int_handler, action.handler is None)\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(core.__file__))))
+    assert result.stdout == "True True\n", result.stderr

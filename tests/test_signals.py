@@ -9,6 +9,7 @@ busy: decoding and extracting (eval.py, infer.py), building its program (export_
 import os
 import re
 import signal
+import time
 
 import pytest
 
@@ -104,3 +105,14 @@ def test_train_pair_stopped_by_ctrl_c_while_starting_up_leaves_the_directory_unl
     assert "trainbatch" not in output and checkpoint.newest_checkpoint(str(tmp_path / "ResNet18")) is None
     lock = tmp_path / "ResNet18" / checkpoint.LOCK_FILE
     assert not lock.exists() or lock.read_text() == ""
+
+
+def test_a_command_stopped_while_it_imports_paddle_says_so_in_one_line(toy_root):
+    run = ScriptProcess("eval.py", TINY + ["--data_dir=%s" % toy_root])
+    deadline = time.monotonic() + 60
+    while "libpaddle" not in open("/proc/%d/maps" % run.process.pid).read():  # importing Paddle, nothing printed
+        assert time.monotonic() < deadline and run.process.poll() is None
+        time.sleep(0.01)
+    run.process.send_signal(signal.SIGINT)
+    output = assert_stopped_cleanly(run, signal.SIGINT)
+    assert "Configuration Arguments" not in output
