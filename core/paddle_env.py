@@ -4,6 +4,7 @@ Importing paddle forces OMP_NUM_THREADS=1 when it is unset, which would make CPU
 thread counts default to all cores here, before the import. Paddle's C++ info and warning lines would drown the
 one-line-per-step log; errors still show. Ctrl-C and SIGTERM end a command at once until it takes them over.
 """
+import atexit
 import contextlib
 import io
 import os
@@ -43,6 +44,9 @@ def _runs_a_command_of_this_suite():
     return bool(main_file) and os.path.dirname(os.path.abspath(main_file)) == SUITE_ROOT
 
 
+RUNS_A_COMMAND = _runs_a_command_of_this_suite()
+
+
 def _exit_at_once(signum, frame):
     utility.log("stopped by %s" % signal.Signals(signum).name)
     os._exit(128 + signum)
@@ -56,7 +60,7 @@ def _signal_handlers():
     schedulers stop jobs) with a "FatalError ... C++ Traceback" report. Paddle's handlers of real crashes (SIGSEGV,
     SIGABRT, ...) stay. A signal the process was started with ignored stays ignored."""
     current = {signum: signal.getsignal(signum) for signum in utility.STOP_SIGNALS}
-    if _runs_a_command_of_this_suite():
+    if RUNS_A_COMMAND:
         return {signum: _exit_at_once for signum, handler in current.items() if handler != signal.SIG_IGN}
     return {signum: handler for signum, handler in current.items() if handler is not None}
 
@@ -75,3 +79,11 @@ try:
 finally:
     _set(_handlers)
     signal.pthread_sigmask(signal.SIG_SETMASK, _held_back)
+
+
+@atexit.register  # after Paddle's import: atexit runs it before Paddle's own clean-up
+def _ignore_signals_once_a_command_has_finished():
+    # Its work is done and written; a signal while Paddle tears down (up to a second) would only turn exit code 0
+    # into a death by signal.
+    if RUNS_A_COMMAND:
+        _set({signum: signal.SIG_IGN for signum in utility.STOP_SIGNALS})
