@@ -32,11 +32,17 @@ def _numpy_pickle_functions():
             "scalar": np.float32(0).__reduce__()[0]}
 
 
+def _encode_latin1(text, encoding):
+    """codecs.encode for the one codec protocol-2 pickles spell bytes with: codecs.encode(text, "latin1")."""
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("_codecs.encode with the codec %r" % encoding)
+    return codecs.encode(text, encoding)
+
+
 def _allowed_globals():
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-               # paddle.save writes a Tensor as tuple((name, array)); protocol-2 pickles write bytes as
-               # codecs.encode(text, "latin1").
-               ("builtins", "tuple"): tuple, ("_codecs", "encode"): codecs.encode,
+               # paddle.save writes a Tensor as tuple((name, array))
+               ("builtins", "tuple"): tuple, ("_codecs", "encode"): _encode_latin1,
                ("collections", "OrderedDict"): collections.OrderedDict}
     for name, function in _numpy_pickle_functions().items():
         for package in ("numpy.core", "numpy._core"):
@@ -56,7 +62,7 @@ class WeightsUnpickler(pickle.Unpickler):
             raise UnsafePickleError("%s.%s" % (module, name)) from None
 
     def persistent_load(self, pid):
-        raise UnsafePickleError("a persistent id")
+        raise UnsafePickleError("a persistent-id loader")
 
 
 def load_pickle(path):

@@ -1,4 +1,5 @@
 """Reading .pdparams / .pdopt without running code: what Paddle and this suite write loads, anything else is refused."""
+import codecs
 import json
 import os
 import pickle
@@ -152,6 +153,18 @@ def test_a_hostile_model_file_stops_eval_and_resume_with_one_line_and_runs_nothi
     assert code == 1 and error_line(err).startswith("error: %s: refused: loading it would call posix.system"
                                                     % (directory / "model.pdopt"))
     assert not marker.exists()
+
+
+def test_protocol_2_bytes_decode_with_latin1_only(tmp_path):
+    """Protocol-2 pickles spell bytes as codecs.encode(text, "latin1"); any other codec (zlib: a decompression bomb,
+    say) is refused."""
+    path = str(tmp_path / "model.pdparams")
+    with open(path, "wb") as handle:
+        pickle.dump({"w": np.arange(3, dtype=np.float32), "note": b"\xff\x00"}, handle, protocol=2)
+    assert weights.load_pickle(path)["note"] == b"\xff\x00"
+    write_hostile(path, RunsACommand(codecs.encode, "x" * 100, "zlib"))
+    with pytest.raises(CheckpointError, match=r"refused: loading it would call _codecs.encode with the codec 'zlib'"):
+        weights.load_pickle(path)
 
 
 def test_a_truncated_pickle_is_a_read_error_naming_the_file(tmp_path):
