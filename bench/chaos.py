@@ -10,8 +10,8 @@ process alone (its reader workers wind down by themselves, as after a real kill 
 of two kinds:
   * start-up: a random time after the process starts, within the time the uninterrupted run took to log its first
     iteration: importing, building the programs, taking the lock, loading the checkpoint;
-  * training: a random time within one iteration after the process logged its first iteration: in a step or in a
-    checkpoint save.
+  * training: a random time within one iteration after the process saved its first checkpoint: in a step or in a
+    checkpoint save (so every such kill leaves at least one new checkpoint to resume from).
 Training kills are drawn only while more than two iterations remain, so that all --kills land before the training
 ends. After each kill the same command starts again at once; after the last one it runs to the end. The losses the
 runs logged, put together by iteration, and the final checkpoint must equal the uninterrupted run's exactly; an
@@ -43,10 +43,11 @@ TRAIN_SCRIPT = os.path.join(ROOT, "train_pair.py")
 MODEL = "ResNet18"
 LOGGED_ITERATION = re.compile(r"trainbatch (\d+), (lr \S+, loss \S+, recall \S+),")
 RESUMED = re.compile(r"resumed from (\S+) at iteration (\d+)")
+SAVED = re.compile(r"saved checkpoint \S+/\d+$")
 STARTED_FRESH = "--checkpoint=auto: no checkpoint in"
 NOT_THAT_FAR = "killed before it resumed"
 TRAINING_SHARE = 2 / 3  # of the kills, when enough iterations remain
-SECONDS_TO_FIRST_ITERATION_LIMIT = 300
+SECONDS_TO_FIRST_SAVE_LIMIT = 300
 
 
 def training_command(data_dir, save_dir, iterations, num_workers):
@@ -79,9 +80,9 @@ class Run:
             self.arrivals.put(arrival)
         self.arrivals.put(None)
 
-    def wait_for_first_iteration(self):
-        """Returns once the process logged an iteration; False if it ended first."""
-        deadline = time.monotonic() + SECONDS_TO_FIRST_ITERATION_LIMIT
+    def wait_for_first_save(self):
+        """Returns once the process saved a checkpoint; False if it ended first."""
+        deadline = time.monotonic() + SECONDS_TO_FIRST_SAVE_LIMIT
         while time.monotonic() < deadline:
             try:
                 arrival = self.arrivals.get(timeout=1)
@@ -89,9 +90,9 @@ class Run:
                 continue
             if arrival is None:
                 return False
-            if LOGGED_ITERATION.search(arrival[1]):
+            if SAVED.search(arrival[1]):
                 return True
-        raise RuntimeError("no iteration logged in %d s:\n%s" % (SECONDS_TO_FIRST_ITERATION_LIMIT, self.output()))
+        raise RuntimeError("no checkpoint saved in %d s:\n%s" % (SECONDS_TO_FIRST_SAVE_LIMIT, self.output()))
 
     def kill_at(self, seconds_since_start):
         """SIGKILLs the process at that time, unless it ended before; reaps it either way."""
@@ -117,7 +118,7 @@ class Run:
         """Where the kill caught the process: in its start-up, in a checkpoint save (after logging an iteration and
         before logging its save) or in a step."""
         seen = [line for arrived, line in self.lines if arrived <= self.killed_after]
-        progress = [line for line in seen if LOGGED_ITERATION.search(line) or "saved checkpoint" in line]
+        progress = [line for line in seen if LOGGED_ITERATION.search(line) or SAVED.search(line)]
         if not progress:
             return "start-up"
         return "save" if LOGGED_ITERATION.search(progress[-1]) else "step"
@@ -154,7 +155,7 @@ def with_kills(command, save_dir, iterations, kills, rng, seconds_to_first_itera
         runs.append(run)
         if remaining > 2 and rng.random() < TRAINING_SHARE:
             delay = rng.uniform(0, seconds_per_iteration)
-            if not run.wait_for_first_iteration():
+            if not run.wait_for_first_save():
                 break
             run.kill_at(time.monotonic() - run.started + delay)
         else:

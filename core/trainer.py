@@ -140,7 +140,7 @@ class TrainingRun:
         self.args = args
         self.data = data
         self.augmentation = image_ops.Augmentation(args.crop_scale_min, args.random_flip, args.rotate)
-        self.rank, self.world_size = distributed.init()
+        self.rank, self.world_size, self.processes = distributed.init()
         # Every process trains; the first one alone logs, tests and saves.
         self.log = log if self.rank == 0 else (lambda message: None)
         self.scalars = run_log.ScalarLog(args.vdl_log_dir if self.rank == 0 else None)
@@ -246,7 +246,7 @@ class TrainingRun:
         """One optimisation step; returns the learning rate used, the loss [and accuracies], the features."""
         program = self.train_program
         scalar_fetches = [program.loss] + program.accuracies
-        with distributed.peer_failures(self.rank, self.world_size):
+        with distributed.peer_failures(self.rank, self.processes):
             outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
                                         fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
         # The rate this step ran with, the one the executor fed: get_lr() recomputes it, which recursive schedules
@@ -279,7 +279,7 @@ class TrainingRun:
         """Whether to stop before the next iteration; a signal to any one process stops them all after it."""
         if self.stop_vote is None:
             return stop.signal_name is not None
-        with distributed.peer_failures(self.rank, self.world_size):
+        with distributed.peer_failures(self.rank, self.processes):
             agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
         if agreed:
             stop.signal_name = signal.Signals(agreed).name
@@ -309,7 +309,7 @@ class TrainingRun:
                 self.save()
             if self.stop_vote is not None:
                 # none exits, which makes the launcher stop the rest, before the save is done
-                with distributed.peer_failures(self.rank, self.world_size):
+                with distributed.peer_failures(self.rank, self.processes):
                     self.stop_vote.agree(0)
         if stop.signal_name is not None:
             self.log("stopped by %s at iteration %d; resume with --checkpoint=%s"

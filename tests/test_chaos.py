@@ -21,7 +21,7 @@ def result(chaos, toy_root, tmp_path_factory):
                            seed=0)
 
 
-def test_ten_kills_and_immediate_restarts_change_nothing(chaos, result):
+def test_ten_kills_and_immediate_restarts_change_nothing(result):
     assert result.kills == KILLS and not result.failed, result.failed
     assert result.landed["start-up"] and result.landed["step"] + result.landed["save"]
     assert sorted(result.reference) == list(range(1, ITERATIONS + 1))
@@ -33,7 +33,8 @@ def test_ten_kills_and_immediate_restarts_change_nothing(chaos, result):
     for name, value in reference_variables.items():
         np.testing.assert_array_equal(variables[name], value, err_msg=name)
     assert not result.wrongly_resumed  # every restart took the newest complete checkpoint on disk
-    assert sum(run.resumed_from() not in (chaos.NOT_THAT_FAR, None) for run in result.runs) >= 2
+    last = result.runs[-1]  # a kill during training leaves at least one new checkpoint, which the last run resumes
+    assert last.newest_before is not None and last.resumed_from() == last.newest_before
     assert result.leftovers == [] and result.orphaned == 0
 
 
