@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import numpy as np
 
 import reader
@@ -104,7 +105,8 @@ def cluster_metrics(args, query_features, query_labels, gallery_features, galler
     return {"nmi": results["nmi"], "f1": results["f1"]}
 
 
-@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
+@utility.exit_on_signals()
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, utility.OutputError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     flags.check_query_gallery(args)
@@ -141,7 +143,7 @@ def main(argv=None):
         results["by_super_class"] = {str(group): result for group, result in by_super_class.items()}
         print("\n" + format_super_class_table(by_super_class, args.recall_k), flush=True)
     if args.save_results:
-        with open(args.save_results, "w") as results_file:
+        with utility.atomic_output(args.save_results) as results_file:
             json.dump(results, results_file, indent=1, sort_keys=True)
     if args.save_vis:
         save_pictures(args, query_list, query_features, gallery_list, gallery_features, recall_curve)

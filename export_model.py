@@ -8,6 +8,7 @@ import argparse
 import os
 import shutil
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import utility
 from core import checkpoint, flags, programs
 from utility import log
@@ -25,20 +26,38 @@ def make_parser():
     return parser
 
 
-@utility.exit_on(checkpoint.CheckpointError)
+def export(executor, feature_program, target):
+    """Writes the inference model into a directory beside `target`, then renames it over `target`: `target` is the
+    old export or the new one, never a part of one. A failure is an OutputError naming `target`."""
+    staging = target + ".saving-%d" % os.getpid()
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with utility.signals_held():
+            programs.save_inference_model(feature_program, executor, os.path.join(staging, EXPORT_PREFIX))
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, (OSError, RuntimeError)):  # Paddle reports its own failed writes as RuntimeError
+            raise utility.OutputError("%s: cannot be written (%s: %s)" % (target, type(error).__name__, error)) \
+                from None
+        raise
+
+
+@utility.exit_on_signals()
+@utility.exit_on(checkpoint.CheckpointError, utility.OutputError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     if not args.pretrained_model:
         utility.flag_error("pretrained_model", "is required: the weights to export")
+    target = os.path.abspath(args.model_save_dir)
+    problem = utility.output_problem(target, "renamed directory")
+    if problem:
+        utility.flag_error("model_save_dir", problem)
     utility.print_arguments(args)
     executor, feature_program = programs.load_feature_program(args, log)
-    target = os.path.abspath(args.model_save_dir)
-    staging = target + ".saving-%d" % os.getpid()
-    shutil.rmtree(staging, ignore_errors=True)
-    programs.save_inference_model(feature_program, executor, os.path.join(staging, EXPORT_PREFIX))
-    if os.path.isdir(target):
-        shutil.rmtree(target)
-    os.rename(staging, target)
+    export(executor, feature_program, target)
     log("exported %s to %s" % (args.model, os.path.join(target, EXPORT_PREFIX)))
 
 

@@ -16,6 +16,7 @@ import contextlib
 import os
 import sys
 
+import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import numpy as np
 
 import reader
@@ -35,22 +36,20 @@ def paths_file(features_path):
 
 
 def save_features(path, features, image_paths):
-    """Writes features and paths next to each other, each through a temporary file renamed into place."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    staging = path + ".saving.npy"
-    np.save(staging, features)
-    os.replace(staging, path)
-    with open(paths_file(path) + ".saving", "w") as listing:
+    """Writes features and paths next to each other, each complete or not at all (utility.atomic_output)."""
+    with utility.atomic_output(path, "wb") as features_file:
+        np.save(features_file, features)
+    with utility.atomic_output(paths_file(path)) as listing:
         listing.writelines(image_path + "\n" for image_path in image_paths)
-    os.replace(paths_file(path) + ".saving", paths_file(path))
 
 
-@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError)
+@utility.exit_on_signals()
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, utility.OutputError, distributed.PeerLostError)
 def main(argv=None):
     args = make_parser().parse_args(argv)
     flags.check_infer_images(args)
     utility.print_arguments(args)
-    rank, world_size = distributed.init()
+    rank, world_size, processes = distributed.init()
     source = args.list or args.image_dir
     whole_list = reader.read_images(source) if source else reader.read_list(args.data_dir, reader.TEST_LIST)
     start, stop = distributed.shard(len(whole_list.paths), rank, world_size)
@@ -71,8 +70,9 @@ def main(argv=None):
                 sys.stdout.flush()
             bar.update(len(images))
             features.append(batch_features)
-    features = distributed.gather_rows(np.concatenate(features) if features else np.empty((0, 0)), rank,
-                                       world_size)
+    with distributed.peer_failures(rank, processes):
+        features = distributed.gather_rows(np.concatenate(features) if features else np.empty((0, 0)), rank,
+                                           world_size)
     if rank == 0 and args.save_features:
         save_features(args.save_features, features, whole_list.paths)
         log("saved %d features to %s and their paths to %s"

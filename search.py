@@ -111,9 +111,10 @@ def new_images(args, executor, feature_program, rank, world_size):
 
 
 def build(args):
-    rank, world_size = distributed.init()
+    rank, world_size, processes = distributed.init()
     executor, feature_program, model = load_model(args)
-    images = new_images(args, executor, feature_program, rank, world_size)
+    with distributed.peer_failures(rank, processes):
+        images = new_images(args, executor, feature_program, rank, world_size)
     if images is None:
         return
     features, paths, labels = images
@@ -131,14 +132,15 @@ def build(args):
 
 
 def add(args):
-    rank, world_size = distributed.init()
+    rank, world_size, processes = distributed.init()
     existing = gallery_index.load(args.index_dir)  # refuse a broken index before extracting anything
     if existing.approximate and not faiss_search.available():
         raise SearchError("%s has a faiss %s structure: adding to it needs faiss (pip install faiss-cpu)"
                           % (args.index_dir, existing.approximate["type"]))
     executor, feature_program, model = load_model(args)
     existing.check_model(model)
-    images = new_images(args, executor, feature_program, rank, world_size)
+    with distributed.peer_failures(rank, processes):
+        images = new_images(args, executor, feature_program, rank, world_size)
     if images is None:
         return
     features, paths, labels = images
@@ -225,18 +227,17 @@ def report(args, gallery, paths, labels, indices, scores, skipped):
                                          "-" if result["label"] is None else result["label"], result["path"]))
     sys.stdout.flush()
     if args.output:
-        with open(args.output + ".writing", "w", encoding="utf-8") as output:
+        with utility.atomic_output(args.output, "w") as output:
             for record in records + [{"query": path, "error": message} for path, message in skipped]:
                 output.write(json.dumps(record) + "\n")
-        os.replace(args.output + ".writing", args.output)
         log("results of %d queries written to %s" % (len(records), args.output))
     if args.save_vis:
         os.makedirs(args.save_vis, exist_ok=True)
         for number, record in enumerate(records, start=1):
             row = [(result["path"], None if None in (record["label"], result["label"])
                     else result["label"] == record["label"], result["score"]) for result in record["results"]]
-            visualize.render_grid([(record["query"], row)], args.top_k, args.image_shape).save(
-                os.path.join(args.save_vis, "query_%05d.png" % number))
+            visualize.save_png(os.path.join(args.save_vis, "query_%05d.png" % number),
+                               visualize.render_grid([(record["query"], row)], args.top_k, args.image_shape))
         log("%d pictures drawn into %s" % (len(records), args.save_vis))
 
 
@@ -258,7 +259,9 @@ def query(args):
     return indices, scores
 
 
-@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, gallery_index.GalleryIndexError, SearchError)
+@utility.exit_on_signals()
+@utility.exit_on(*reader.READ_ERRORS, checkpoint.CheckpointError, gallery_index.GalleryIndexError, SearchError,
+                 utility.OutputError, distributed.PeerLostError)
 def main(argv=None):
     args = parse_args(argv)
     utility.print_arguments(args)

@@ -4,7 +4,10 @@ and one-line errors. Plain Python: importing it neither imports Paddle nor sets 
 import argparse
 import collections
 import contextlib
+import os
+import signal
 import sys
+import tempfile
 import time
 
 TRUE_WORDS = ("true", "t", "yes", "y", "1", "on")
@@ -59,6 +62,68 @@ def one_of(choices):
     def check(value):
         return None if value in choices else "%r is not one of %s" % (value, ", ".join(choices))
     return check
+
+
+def output_problem(path, kind):
+    """Why `path` cannot be written, or None. `kind` is how it is written: "file" (a file written beside it and renamed
+    over it), "directory" (a directory files are written into) or "renamed directory" (a directory written beside it
+    and renamed over it).
+
+    Checked by creating and deleting an empty file where the first new entry will appear: in the directory itself if
+    it exists, else in the nearest existing directory above it. Permission bits would say nothing for root, on a
+    read-only file system or in /proc; only trying tells.
+    """
+    path = os.path.abspath(path)
+    wants_directory = kind != "file"
+    if os.path.exists(path) and os.path.isdir(path) != wants_directory:
+        return "%s cannot be written: it %s a directory" % (path, "is not" if wants_directory else "is")
+    nearest = path if kind == "directory" else os.path.dirname(path)
+    while not os.path.exists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        return "%s cannot be written: %s is not a directory" % (path, nearest)
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=".write-check-", dir=nearest)
+        os.close(descriptor)
+        os.remove(probe)
+    except OSError as error:
+        return "%s cannot be written: cannot create files in %s (%s)" % (path, nearest, error.strerror)
+    return None
+
+
+def writable_file(path):
+    return output_problem(path, "file")
+
+
+def writable_directory(path):
+    return output_problem(path, "directory")
+
+
+class OutputError(RuntimeError):
+    """An output that could not be written (a full disk, say); the message names it."""
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="w"):
+    """A file to write that appears under `path` only complete: it is written to a hidden file beside `path`, flushed
+    to disk, then renamed over it. On any failure or interruption the hidden file is removed and `path` is left as it
+    was; an OSError becomes an OutputError naming `path`.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    staging = os.path.join(directory, ".%s.writing-%d" % (name, os.getpid()))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(staging, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.remove(staging)
+        if isinstance(error, OSError):
+            raise OutputError("%s: cannot be written (%s: %s)" % (path, type(error).__name__, error)) from None
+        raise
 
 
 def print_arguments(args):
@@ -167,3 +232,75 @@ def exit_on(*error_types):
     except error_types as error:
         sys.stderr.write("error: %s\n" % (str(error).splitlines() or [type(error).__name__])[0])
         sys.exit(1)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and how schedulers and launchers stop a job
+
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived. A BaseException, as KeyboardInterrupt: no `except Exception` handles it by mistake."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Holds:
+    """How many `signals_held` blocks the script is in, and the signal that arrived meanwhile."""
+    depth = 0
+    pending = None
+
+
+def interrupt(signum):
+    """Raises Interrupted for `signum` now, or, inside a `signals_held` block, as the outermost one ends."""
+    if _Holds.depth:
+        _Holds.pending = signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_held():
+    """Holds SIGINT and SIGTERM back while Paddle sets a program up (builds, rewrites, loads or exports it). Paddle's
+    C++ calls back into Python there, and an exception raised in such a callback crashes it (a segmentation fault or
+    an unrelated error) instead of stopping the script. A signal that arrives in the block stops the script right
+    after it."""
+    _Holds.depth += 1
+    try:
+        yield
+    finally:
+        _Holds.depth -= 1
+    if not _Holds.depth and _Holds.pending is not None:
+        raise Interrupted(_Holds.pending)
+
+
+def _on_stop_signal(signum, frame):
+    # Later signals are ignored, so that the clean-up on the way out (reader workers, temporary files) is not cut
+    # short: paddle.distributed.launch repeats its SIGTERM, and a scheduler sends one to every process of a job.
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, signal.SIG_IGN)
+    interrupt(signum)
+
+
+@contextlib.contextmanager
+def exit_on_signals():
+    """Ends the script on Ctrl-C (SIGINT) or SIGTERM as on an error: `Interrupted` is raised where the script is (or
+    after the `signals_held` block it is in), so every block it is in closes its files and reader workers; then one
+    line says what stopped it and the exit code is 128 + the signal number (130, 143). A context manager or a
+    decorator.
+
+    A signal the script was started with ignored (`nohup`, a shell's background job) stays ignored.
+    """
+    previous = {}
+    _Holds.pending = None
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, _on_stop_signal)
+    try:
+        yield
+    except Interrupted as interruption:
+        log("stopped by %s" % interruption)
+        sys.exit(128 + interruption.signum)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)

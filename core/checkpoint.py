@@ -7,9 +7,11 @@ renamed into place only once complete, so a crash or Ctrl-C during a save leaves
 file truncated or corrupted later is caught on load, by name. A lock file in `model_save_dir/<model>` keeps a second
 training run from saving into the same directory.
 """
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import zlib
 
@@ -21,6 +23,10 @@ MODEL_PREFIX = "model"
 STATE_FILE = "trainer_state.json"
 CHECKSUMS_KEY = "checksums"
 LOCK_FILE = "train.lock"
+# --checkpoint=auto: the newest checkpoint in model_save_dir/<model>, if there is one.
+AUTO = "auto"
+# The hidden directory a save writes into before renaming it into place: `.<iteration>.saving-<pid>`.
+STAGING_NAME = re.compile(r"\.(.+)\.saving-(\d+)$")
 
 
 def _fsync_directory(directory):
@@ -62,6 +68,14 @@ def verify_files(directory, checksums):
                                   % path)
 
 
+def _staging_name(name, pid):
+    return ".%s.saving-%d" % (name, pid)
+
+
+def _retired_name(name, pid):
+    return ".%s.replaced-%d" % (name, pid)
+
+
 def save_checkpoint(program, directory, trainer_state):
     """Writes program's persistable variables and `trainer_state` to `directory`, atomically.
 
@@ -69,7 +83,7 @@ def save_checkpoint(program, directory, trainer_state):
     directory is removed and the checkpoints saved before are not touched.
     """
     parent, name = os.path.split(os.path.abspath(directory))
-    staging = os.path.join(parent, ".%s.saving-%d" % (name, os.getpid()))
+    staging = os.path.join(parent, _staging_name(name, os.getpid()))
     try:
         os.makedirs(parent, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -80,7 +94,7 @@ def save_checkpoint(program, directory, trainer_state):
             state_file.write(json.dumps(dict(trainer_state, **{CHECKSUMS_KEY: checksums}), indent=1, sort_keys=True))
         _fsync_tree(staging)
         if os.path.exists(directory):
-            retired = os.path.join(parent, ".%s.replaced-%d" % (name, os.getpid()))
+            retired = os.path.join(parent, _retired_name(name, os.getpid()))
             os.rename(directory, retired)
             os.rename(staging, directory)
             shutil.rmtree(retired)
@@ -97,16 +111,27 @@ def save_checkpoint(program, directory, trainer_state):
     return directory
 
 
+def newest_checkpoint(directory):
+    """The newest complete checkpoint in `directory` (a `model_save_dir/<model>`), or None.
+
+    Complete: a numbered directory holding its trainer state, which a save writes last, before renaming the directory
+    into place. Hidden staging directories of interrupted saves and best/ are not numbered.
+    """
+    if not os.path.isdir(directory):
+        return None
+    numbered = [name for name in os.listdir(directory)
+                if name.isdigit() and os.path.isfile(os.path.join(directory, name, STATE_FILE))]
+    return os.path.join(directory, max(numbered, key=int)) if numbered else None
+
+
 def find_checkpoint(path):
     """Accepts a checkpoint directory or a `model_save_dir/<model>` holding numbered ones (takes the newest)."""
     if os.path.isfile(os.path.join(path, STATE_FILE)):
         return path
-    if os.path.isdir(path):
-        numbered = [name for name in os.listdir(path)
-                    if name.isdigit() and os.path.isfile(os.path.join(path, name, STATE_FILE))]
-        if numbered:
-            return os.path.join(path, max(numbered, key=int))
-    raise CheckpointError("%s: not a checkpoint (no %s in it or in a numbered sub-directory)" % (path, STATE_FILE))
+    newest = newest_checkpoint(path)
+    if newest is None:
+        raise CheckpointError("%s: not a checkpoint (no %s in it or in a numbered sub-directory)" % (path, STATE_FILE))
+    return newest
 
 
 def read_trainer_state(directory):
@@ -138,15 +163,50 @@ def load_checkpoint(program, path):
     return trainer_state
 
 
+def _process_exists(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_interrupted_saves(directory, log=print):
+    """Deletes the staging directories that killed runs left in `directory`, each as big as a checkpoint: a supervisor
+    restarting a pre-empted run over and over would otherwise fill the disk with them.
+
+    Only those of processes that no longer exist, and never one whose checkpoint was being replaced (a crash between
+    the two renames of `save_checkpoint` leaves the old copy as `.N.replaced-<pid>` beside it: both are kept).
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = STAGING_NAME.match(name)
+        if not match or _process_exists(int(match.group(2))):
+            continue
+        if os.path.exists(os.path.join(directory, _retired_name(match.group(1), int(match.group(2))))):
+            continue
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+        removed.append(name)
+    if removed:
+        log("removed %d unfinished saves of runs that were killed while saving: %s"
+            % (len(removed), ", ".join(removed)))
+    return removed
+
+
 class SaveDirLock:
     """Keeps a second training run from saving checkpoints into the same `model_save_dir/<model>` as this one.
 
-    A context manager holding flock() on LOCK_FILE, which contains the owner's pid for the messages. The kernel drops a
-    flock when its holder dies, so a lock file left by a killed run is free to take: its pid only makes a warning.
-    With `force`, a directory locked by a live run is used anyway.
+    A context manager holding a POSIX record lock (lockf) on LOCK_FILE, which contains the owner's pid for the
+    messages. A record lock belongs to the process that took it: the reader workers it forks neither inherit nor keep
+    it, so it is free the moment the training process dies, even while its workers wind down, and a run restarted at
+    once after a `kill -9` takes it over (the dead pid in the file makes a warning). With `force`, a directory locked
+    by a live run is used anyway.
     """
 
     def __init__(self, directory, force=False, log=print):
+        self.directory = directory
         self.path = os.path.join(directory, LOCK_FILE)
         self.force = force
         self.log = log
@@ -154,20 +214,23 @@ class SaveDirLock:
 
     def __enter__(self):
         try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            os.makedirs(self.directory, exist_ok=True)
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise CheckpointError("%s: cannot create the lock file (%s)" % (self.path, error.strerror)) from None
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(descriptor)
+                raise CheckpointError("%s: cannot be locked (%s)" % (self.path, error.strerror)) from None
             owner = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
             os.close(descriptor)
             if not self.force:
                 raise CheckpointError("%s: training run pid %s is saving checkpoints into this directory; wait for it "
                                       "to end, choose another --model_save_dir, or pass --force" % (self.path, owner))
             self.log("warning: --force: saving into %s, where training run pid %s is saving too"
-                     % (os.path.dirname(self.path), owner))
+                     % (self.directory, owner))
             return self
         stale_owner = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip()
         if stale_owner:
@@ -176,13 +239,12 @@ class SaveDirLock:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, b"%d\n" % os.getpid(), 0)
         self.descriptor = descriptor
+        remove_interrupted_saves(self.directory, self.log)
         return self
 
     def __exit__(self, *exc_info):
         if self.descriptor is None:
             return
         os.ftruncate(self.descriptor, 0)
-        # Unlocked explicitly: forked reader workers share the descriptor, and closing it here would not release it.
-        fcntl.flock(self.descriptor, fcntl.LOCK_UN)
-        os.close(self.descriptor)
+        os.close(self.descriptor)  # releases the lock
         self.descriptor = None

@@ -11,24 +11,67 @@ launcher there is one process and nothing here communicates.
 Sharded feature extraction (infer.py, search.py build) uses the same launcher: each rank extracts a contiguous
 share of the list (`shard`) and `gather_rows` brings the shares to rank 0 in rank order, through the collective
 backend (gloo on CPU, NCCL on GPUs) rather than files, so several machines need no shared file system.
+
+When a process dies (kill -9, the out-of-memory killer), gloo fails the collective operation the others are in at
+once: each ends with one line naming the dead rank (when it ran on the same machine), the launcher stops whatever
+still runs within seconds, and the job ends with a non-zero exit code; a restart with --checkpoint=auto resumes it.
 """
+import contextlib
+import os
+import socket
+
 import numpy as np
 import paddle
 
 from core import similarity
 
 
+class PeerLostError(RuntimeError):
+    """A step that communicates failed: what a process sees when another process of the launch has died."""
+
+
+def _has_ended(pid):
+    """Whether process `pid` of this machine has ended (gone, or a zombie its launcher has not reaped yet)."""
+    try:
+        with open("/proc/%d/stat" % pid) as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def peer_failures(rank, processes):
+    """Reports a failed step of a multi-process run as PeerLostError: one line naming this rank and, when they ran on
+    this machine, the ranks that died. `processes` is `init`'s list of every rank's (host name, pid)."""
+    try:
+        yield
+    except RuntimeError as error:
+        if len(processes) == 1:
+            raise
+        host = socket.gethostname()
+        dead = ["rank %d (pid %d)" % (other, pid) for other, (other_host, pid) in enumerate(processes)
+                if other != rank and other_host == host and _has_ended(pid)]
+        raise PeerLostError("rank %d: a step exchanging data with the other processes failed (%s: %s): %s"
+                            % (rank, type(error).__name__, (str(error).splitlines() or [""])[0],
+                               "%s died" % " and ".join(dead) if dead else "another process of this launch has "
+                               "probably died, on another machine: the launcher's log there names it")) from None
+
+
 def init():
-    """Joins the other processes of the launch, if any; returns (rank, world_size)."""
+    """Joins the other processes of the launch, if any; returns (rank, world_size, processes): every rank's (host name,
+    pid), to name a process that dies."""
     environment = paddle.distributed.ParallelEnv()
+    processes = [(socket.gethostname(), os.getpid())]
     if environment.world_size > 1:
         # On CPU the gloo communicator reaches static programs only when it is set up in dynamic mode.
         was_static = not paddle.in_dynamic_mode()
         paddle.disable_static()
         paddle.distributed.init_parallel_env()
+        processes = []
+        paddle.distributed.all_gather_object(processes, (socket.gethostname(), os.getpid()))
         if was_static:
             paddle.enable_static()
-    return environment.rank, environment.world_size
+    return environment.rank, environment.world_size, processes
 
 
 GATHER_CHUNK_BYTES = 32 << 20  # per rank and round of all_gather: bounds the memory a gather adds

@@ -12,7 +12,8 @@ import paddle
 import models
 import reader
 from core import checkpoint, distributed, faiss_search, metrics, programs
-from utility import Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive
+from utility import (Flag, flag_error, non_negative, one_of, parse_image_shape, parse_int_list, positive,
+                     writable_directory, writable_file)
 
 DEFAULT_DATA_DIR = "./data/Stanford_Online_Products/"
 
@@ -41,6 +42,8 @@ def _weights_exist(path):
 
 
 def _resumable(path):
+    if path == checkpoint.AUTO:  # resolved when training starts: none yet is fine
+        return None
     try:
         checkpoint.find_checkpoint(path)
     except checkpoint.CheckpointError as error:
@@ -68,6 +71,10 @@ def _npy_file(path):
     return None if path.endswith(".npy") else "must end in .npy, got %s" % path
 
 
+def _npy_output(path):
+    return _npy_file(path) or writable_file(path) or writable_file(path[:-len(".npy")] + ".paths.txt")
+
+
 MODEL = Flag("model", str, "ResNet50", "Backbone: %s." % ", ".join(models.MODELS), one_of(models.MODELS))
 EMBEDDING_SIZE = Flag("embedding_size", int, 0, "Size of the fully connected embedding on top of the pooled "
                       "feature, as in training; 0: the pooled feature itself.", non_negative)
@@ -91,7 +98,8 @@ SEED = Flag("seed", int, 0, "Random seed: of initialisation, sampling and augmen
             "eval.py --cluster_metrics.")
 
 MODEL_SAVE_DIR = Flag("model_save_dir", str, "output", "Output directory: training saves its checkpoints to "
-                      "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.")
+                      "model_save_dir/<model>/<iteration>/; export_model.py writes the exported model here.",
+                      writable_directory)
 
 
 def loss_name(choices):
@@ -123,7 +131,9 @@ TRAINING = (
          one_of(programs.AMP_DTYPES)),
     PRETRAINED_MODEL,
     Flag("checkpoint", str, None, "Checkpoint directory to resume from exactly (weights, momentum, learning-rate "
-         "schedule, iteration).", _resumable),
+         "schedule, iteration); 'auto': the newest one in model_save_dir/<model>, or a fresh start (from "
+         "--pretrained_model, if given) when there is none, so that the same command line can be restarted after "
+         "any interruption.", _resumable),
     MODEL_SAVE_DIR,
     Flag("save_best", bool, True, "Also keep the checkpoint of the best test Recall@1 so far in "
          "model_save_dir/<model>/best/."),
@@ -143,20 +153,20 @@ TRAINING = (
     Flag("force", bool, False, "Save into model_save_dir/<model> even while another training run is saving there "
          "(its lock file says which)."),
     Flag("vdl_log_dir", str, None, "Also write loss, learning rate and test recall to this directory for VisualDL "
-         "(optional: pip install visualdl)."),
+         "(optional: pip install visualdl).", writable_directory),
     Flag("enable_ce", bool, False, "Continuous evaluation, as the original's: after training, print the last logged "
          "loss and the final test Recall@1 as `kpis` lines."),
 )
 
 SAVE_VIS = Flag("save_vis", str, None, "Directory to draw into: pictures of queries with their top results (green: "
                 "same class, red: other, grey: unknown); eval.py draws grids of several queries and the Recall@K "
-                "curve, search.py query one picture per query.")
+                "curve, search.py query one picture per query.", writable_directory)
 
 EVALUATION = (
     Flag("recall_k", parse_int_list, [1, 10, 100, 1000], "The K of Recall@K to report.", _positive_ints),
     Flag("eval_memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Memory budget of one block of the similarity matrix.",
          positive),
-    Flag("save_results", str, None, "Also write the metrics to this JSON file."),
+    Flag("save_results", str, None, "Also write the metrics to this JSON file.", writable_file),
     Flag("query_list", str, None, "List file (in --data_dir) of queries that search --gallery_list instead of all "
          "test images searching each other, e.g. Ebay_query.txt of In-Shop."),
     Flag("gallery_list", str, None, "List file (in --data_dir) of the gallery --query_list searches, e.g. "
@@ -194,7 +204,7 @@ BY_SUPER_CLASS = Flag("by_super_class", bool, False, "Also Recall@K for the quer
                       "(super_class_id of the query list), each still searching all test images.")
 
 SAVE_FEATURES = Flag("save_features", str, None, "Write all features to this .npy file, and the image paths in the "
-                     "same order to PATH.paths.txt (PATH without .npy).", _npy_file)
+                     "same order to PATH.paths.txt (PATH without .npy).", _npy_output)
 # What infer.py extracts, instead of Ebay_test.txt in --data_dir.
 INFER_IMAGES = (
     Flag("list", str, None, "Extract the images of this list instead of --data_dir's Ebay_test.txt: a list in the "
@@ -234,7 +244,7 @@ SEARCH_QUERY = (
     Flag("top_k", int, 5, "Results per query.", positive),
     Flag("output", str, None, "Also write the results as JSON lines to this file: one line per query, "
          '{"query", "label", "results": [{"rank", "score", "path", "label"}]}, or {"query", "error"} for a query '
-         "image that could not be read."),
+         "image that could not be read.", writable_file),
     SAVE_VIS,
     Flag("memory_mb", int, metrics.DEFAULT_MEMORY_MB, "Exact search: memory budget of one block of the similarity "
          "matrix (the normalised gallery, N x D float32, comes on top).", positive),
@@ -267,8 +277,9 @@ def check_training(args):
     if args.lr_strategy == "piecewise_decay" and args.lr_steps and min(args.lr_steps) <= args.warmup_iter_num:
         flag_error("lr_steps", "the learning rate cannot decay during the warm-up: %s is not after "
                    "--warmup_iter_num=%d" % (",".join(map(str, args.lr_steps)), args.warmup_iter_num))
-    if args.checkpoint and args.pretrained_model:
-        flag_error("checkpoint", "resume with --checkpoint or start from --pretrained_model, not both")
+    if args.checkpoint and args.checkpoint != checkpoint.AUTO and args.pretrained_model:
+        flag_error("checkpoint", "resume with --checkpoint or start from --pretrained_model, not both (or use "
+                   "--checkpoint=auto, which starts from --pretrained_model when there is no checkpoint yet)")
     if args.use_amp and args.amp_dtype == "float16" and not args.use_gpu:
         flag_error("amp_dtype", "float16 needs --use_gpu=True (Paddle's CPU kernels lack it); on CPU use bfloat16")
     processes = distributed.world_size()

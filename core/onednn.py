@@ -26,6 +26,8 @@ import paddle
 from paddle import pir
 from paddle.base.libpaddle.pir import get_op_inplace_info
 
+import utility
+
 CONV_ATTRIBUTES = ("strides", "paddings", "padding_algorithm", "dilations", "groups", "data_format")
 # op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them).
 # Measured on this suite's ResNets (docs/benchmarks.md): oneDNN's batch-norm gradient is slow, its batch-norm forward
@@ -138,7 +140,7 @@ class InferenceExecutor:
 
     def __init__(self, feature_program, executor):
         self.program, self.feature = feature_program.program, feature_program.feature
-        with tempfile.TemporaryDirectory() as directory:
+        with utility.signals_held(), tempfile.TemporaryDirectory() as directory:
             prefix = os.path.join(directory, "inference")
             paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
                                                program=feature_program.program)

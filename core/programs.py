@@ -176,9 +176,10 @@ def load_feature_program(args, log, use_mkldnn=False):
     # Without --pretrained_model the network is a random one: the same random one every run (training's default
     # --seed), so that its scores can be compared and reproduced.
     paddle.seed(0)
-    feature_program = build_feature_program(args.model, args.embedding_size, args.image_shape)
-    executor = paddle.static.Executor(make_place(args.use_gpu))
-    executor.run(feature_program.startup)
+    with utility.signals_held():
+        feature_program = build_feature_program(args.model, args.embedding_size, args.image_shape)
+        executor = paddle.static.Executor(make_place(args.use_gpu))
+        executor.run(feature_program.startup)
     if args.pretrained_model:
         pretrained.load_pretrained(feature_program.program, args.pretrained_model, log=log)
     else:

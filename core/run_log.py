@@ -62,12 +62,10 @@ def run_config(args, start_iteration):
 
 
 def write_run_config(directory, args, start_iteration):
-    """Writes run_config_<start_iteration>.json into `directory` (through a temporary file); returns its path."""
-    os.makedirs(directory, exist_ok=True)
+    """Writes run_config_<start_iteration>.json into `directory`, complete or not at all; returns its path."""
     path = os.path.join(directory, "run_config_%d.json" % start_iteration)
-    with open(path + ".writing", "w") as config_file:
+    with utility.atomic_output(path) as config_file:
         json.dump(run_config(args, start_iteration), config_file, indent=1, sort_keys=True, default=str)
-    os.replace(path + ".writing", path)
     return path
 
 

@@ -52,7 +52,7 @@ class StopRequest:
     def _request(self, signum, frame):
         if self.signal_name is not None:
             if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: the user really wants out
+                utility.interrupt(signum)  # a second Ctrl-C: the user really wants out, unsaved
             return  # paddle.distributed.launch sends its SIGTERM to each process up to three times, 0.2 s apart
         self.signal_name = signal.Signals(signum).name
         log("%s received: finishing this iteration, saving a checkpoint and stopping" % self.signal_name)
@@ -142,7 +142,7 @@ class TrainingRun:
         self.args = args
         self.data = data
         self.augmentation = image_ops.Augmentation(args.crop_scale_min, args.random_flip, args.rotate)
-        self.rank, self.world_size = distributed.init()
+        self.rank, self.world_size, self.processes = distributed.init()
         # Every process trains; the first one alone logs, tests and saves.
         self.log = log if self.rank == 0 else (lambda message: None)
         self.scalars = run_log.ScalarLog(args.vdl_log_dir if self.rank == 0 else None)
@@ -169,24 +169,37 @@ class TrainingRun:
         self.best_recall = None  # the best test Recall@1 of this run so far, --checkpoint's included
         self.last_test = None  # (iteration, test Recall@1) of this run's latest test
         self.last_logged_loss = None
-        if args.checkpoint:
-            state = checkpoint.load_checkpoint(self.train_program.program, args.checkpoint)
+        resume_from = self.resume_point()
+        if resume_from:
+            state = checkpoint.load_checkpoint(self.train_program.program, resume_from)
             self.iteration = state["iteration"]
             self.best_recall = state.get("best_test_recall")
-            self.last_saved = args.checkpoint
+            self.last_saved = resume_from
             scheduler = self.train_program.scheduler
             if set(state["lr_scheduler"]) != set(scheduler.state_dict()):
                 flag_error("warmup_iter_num", "%s was saved by a run %s a warm-up; resume with the flags it was "
                            "trained with (run_config_*.json beside it)"
-                           % (args.checkpoint, "with" if "LinearWarmup_LR" in state["lr_scheduler"] else "without"))
+                           % (resume_from, "with" if "LinearWarmup_LR" in state["lr_scheduler"] else "without"))
             scheduler.set_state_dict(state["lr_scheduler"])
-            self.log("resumed from %s at iteration %d" % (args.checkpoint, self.iteration))
+            self.log("resumed from %s at iteration %d" % (resume_from, self.iteration))
         elif args.pretrained_model:
             pretrained.load_pretrained(self.train_program.program, args.pretrained_model, log=self.log)
         self.saved_iteration = self.iteration  # what this iteration's state is, is on disk already or untrained
         if self.rank == 0:
             config = run_log.write_run_config(os.path.join(args.model_save_dir, args.model), args, self.iteration)
             log("run configuration written to %s" % config)
+
+    def resume_point(self):
+        """The checkpoint --checkpoint names; with --checkpoint=auto the newest in model_save_dir/<model>, if any."""
+        args = self.args
+        if args.checkpoint != checkpoint.AUTO:
+            return args.checkpoint
+        save_dir = os.path.join(args.model_save_dir, args.model)
+        newest = checkpoint.newest_checkpoint(save_dir)
+        if newest is None:
+            self.log("--checkpoint=auto: no checkpoint in %s yet: starting %s" % (
+                save_dir, "from --pretrained_model" if args.pretrained_model else "from scratch"))
+        return newest
 
     def check_parameters_finite(self):
         """Before each save, so that no checkpoint holds a NaN. Between saves the per-iteration loss check suffices:
@@ -200,11 +213,10 @@ class TrainingRun:
     def save(self):
         if self.args.nan_check:
             self.check_parameters_finite()
-        if self.rank != 0:  # the processes hold the same parameters
-            return
-        directory = self._save_as(str(self.iteration))
-        log("saved checkpoint %s" % directory)
-        self.last_saved = directory
+        if self.rank == 0:  # the processes hold the same parameters
+            directory = self._save_as(str(self.iteration))
+            log("saved checkpoint %s" % directory)
+            self.last_saved = directory
         self.saved_iteration = self.iteration
 
     def _save_as(self, name, **extra_state):
@@ -240,8 +252,9 @@ class TrainingRun:
         """One optimisation step; returns the learning rate used, the loss [and accuracies], the features."""
         program = self.train_program
         scalar_fetches = [program.loss] + program.accuracies
-        outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
-                                    fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
+        with distributed.peer_failures(self.rank, self.processes):
+            outputs = self.executor.run(program.program, feed={"image": images, "label": labels},
+                                        fetch_list=scalar_fetches + ([program.feature] if fetch_feature else []))
         # The rate this step ran with, the one the executor fed: get_lr() recomputes it, which recursive schedules
         # (cosine) cannot do twice.
         lr = program.scheduler.last_lr
@@ -273,7 +286,8 @@ class TrainingRun:
         """Whether to stop before the next iteration; a signal to any one process stops them all after it."""
         if self.stop_vote is None:
             return stop.signal_name is not None
-        agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
+        with distributed.peer_failures(self.rank, self.processes):
+            agreed = self.stop_vote.agree(signal.Signals[stop.signal_name].value if stop.signal_name else 0)
         if agreed:
             stop.signal_name = signal.Signals(agreed).name
         return agreed != 0
@@ -282,7 +296,6 @@ class TrainingRun:
         """Trains to --total_iter_num or to a SIGINT/SIGTERM, saving on the way and at the end."""
         args = self.args
         window = DisplayWindow()
-        saved_at = None
         batches = self.batches()
         with StopRequest() as stop, contextlib.closing(batches), contextlib.closing(self.scalars):
             while self.iteration < args.total_iter_num and not self.stop_agreed(stop):
@@ -298,12 +311,13 @@ class TrainingRun:
                     window.restart_clock()
                 if self.iteration % args.save_iter_step == 0:
                     self.save()
-                    saved_at = self.iteration
                     window.restart_clock()
-            if saved_at != self.iteration:
+            if self.saved_iteration != self.iteration:  # a run resumed at --total_iter_num has nothing to save
                 self.save()
             if self.stop_vote is not None:
-                self.stop_vote.agree(0)  # none exits, which makes the launcher stop the rest, before the save is done
+                # none exits, which makes the launcher stop the rest, before the save is done
+                with distributed.peer_failures(self.rank, self.processes):
+                    self.stop_vote.agree(0)
         if stop.signal_name is not None:
             self.log("stopped by %s at iteration %d; resume with --checkpoint=%s"
                      % (stop.signal_name, self.iteration, self.last_saved))
@@ -320,10 +334,13 @@ class TrainingRun:
         print("kpis\ttest_recall\t%s" % self.last_test[1], flush=True)
 
 
-# Failures of a run that are the data's, the disk's or the numbers' fault: one line each, exit code 1.
-TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError)
+# Failures of a run that are the data's, the disk's, the numbers' or another process's fault: one line each, exit
+# code 1.
+TRAINING_FAILURES = reader.READ_ERRORS + (checkpoint.CheckpointError, NonFiniteError, utility.OutputError,
+                                          distributed.PeerLostError)
 
 
+@utility.exit_on_signals()
 def train(args):
     """Trains as the parsed flags say; returns the final checkpoint directory."""
     flags.check_training(args)
@@ -336,7 +353,8 @@ def train(args):
         # The first process alone saves, so it alone locks the directory.
         lock = checkpoint.SaveDirLock(save_dir, args.force, log) if rank == 0 else contextlib.nullcontext()
         with lock:
-            run = TrainingRun(args, data)
+            with utility.signals_held():  # Paddle sets the programs up in here
+                run = TrainingRun(args, data)
             try:
                 return run.run()
             except reader.READ_ERRORS:

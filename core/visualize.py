@@ -12,6 +12,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+import utility
 from core import image_ops, metrics
 
 TILE = 96                     # side of the square area an image is fitted into
@@ -131,13 +132,18 @@ def save_retrieval_grids(out_dir, image_shape, query_paths, query_labels, query_
     rows = [(query_paths[query], [(gallery_paths[found], gallery_labels[found] == query_labels[query], distance)
                                   for found, distance in zip(neighbours[row], distances[row])])
             for row, query in enumerate(chosen)]
-    os.makedirs(out_dir, exist_ok=True)
     written = []
     for page, start in enumerate(range(0, len(rows), ROWS_PER_GRID), start=1):
-        path = os.path.join(out_dir, "retrieval_%02d.png" % page)
-        render_grid(rows[start:start + ROWS_PER_GRID], neighbours.shape[1], image_shape).save(path)
-        written.append(path)
+        written.append(save_png(os.path.join(out_dir, "retrieval_%02d.png" % page),
+                                render_grid(rows[start:start + ROWS_PER_GRID], neighbours.shape[1], image_shape)))
     return written
+
+
+def save_png(path, image):
+    """Writes `image` to `path` complete or not at all (utility.atomic_output); returns `path`."""
+    with utility.atomic_output(path, "wb") as png_file:
+        image.save(png_file, format="PNG")
+    return path
 
 
 def curve_ks(max_k):
@@ -180,6 +186,4 @@ def save_recall_curve(path, recall_at_k, title):
         draw.line(points, fill=CURVE_COLOUR, width=2)
     for x, y in points:
         draw.ellipse([x - MARKER_RADIUS, y - MARKER_RADIUS, x + MARKER_RADIUS, y + MARKER_RADIUS], fill=CURVE_COLOUR)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-    return path
+    return save_png(path, canvas)

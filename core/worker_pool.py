@@ -15,16 +15,18 @@ import signal
 import traceback
 from multiprocessing import shared_memory
 
-import weakref
-
 import numpy as np
+
+import utility
 
 RESULT_POLL_SECONDS = 0.2
 WORKER_IDLE_POLL_SECONDS = 1.0
 JOIN_SECONDS = 2.0
 
 
-_LIVE_POOLS = weakref.WeakSet()
+# Every pool with workers, from its construction to its close(). Held strongly: a pool dropped unclosed (its `with`
+# never entered because a Ctrl-C came first, say) must still be closed at exit.
+_LIVE_POOLS = set()
 
 
 @atexit.register
@@ -47,9 +49,11 @@ class WorkerDiedError(RuntimeError):
 def _worker_loop(work, slots, task_queue, result_queue, parent_pid):
     # Ctrl-C reaches the whole process group, and schedulers send SIGTERM to every process of a job: only the main
     # process decides how to stop, and it needs its workers until it has. They end when it closes the pool, or by
-    # themselves within a second of it dying.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # themselves within a second of it dying. The signals were blocked across the fork, so that the main process's
+    # handlers never run here; one that arrived meanwhile is dropped on unblocking.
+    for signum in utility.STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, utility.STOP_SIGNALS)
     while True:
         try:
             item = task_queue.get(timeout=WORKER_IDLE_POLL_SECONDS)
@@ -80,11 +84,18 @@ class OrderedWorkerPool:
         self.num_workers = num_workers
         self.workers = []
         self.memories = []
-        num_slots = max(1, num_workers * prefetch_per_worker)
-        slot_bytes = int(np.prod(slot_shape)) * np.dtype(np.float32).itemsize
         if num_workers == 0:
             self.slots = [np.empty(slot_shape, dtype=np.float32)]
             return
+        _LIVE_POOLS.add(self)
+        try:
+            self._start(work, num_workers, slot_shape, num_slots=num_workers * prefetch_per_worker)
+        except BaseException:  # a Ctrl-C half-way included: no worker or shared memory outlives the constructor
+            self.close()
+            raise
+
+    def _start(self, work, num_workers, slot_shape, num_slots):
+        slot_bytes = int(np.prod(slot_shape)) * np.dtype(np.float32).itemsize
         for _ in range(num_slots):
             memory = shared_memory.SharedMemory(create=True, size=max(1, slot_bytes))
             self.memories.append(memory)
@@ -92,13 +103,13 @@ class OrderedWorkerPool:
         # fork: workers inherit the shared slots and the work object as they are, nothing is pickled or
         # re-imported (spawn would re-run the training script's imports, Paddle included, in every worker).
         context = multiprocessing.get_context("fork")
-        _LIVE_POOLS.add(self)
         self.task_queue = context.Queue()
         self.result_queue = context.Queue()
         # A worker must never run the destructor of an object that was already garbage in this process when it
         # forked: an unreachable Paddle executor's (~PirInterpreter) segfaults there. Frozen objects are left out of
         # the workers' garbage collections; this process unfreezes them and collects its garbage as before.
         gc.freeze()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, utility.STOP_SIGNALS)
         try:
             for index in range(num_workers):
                 worker = context.Process(
@@ -110,6 +121,7 @@ class OrderedWorkerPool:
                 self.workers.append(worker)
         finally:
             gc.unfreeze()
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # last: a signal held back is handled from here on
 
     def imap(self, tasks):
         if self.num_workers == 0:
@@ -190,6 +202,7 @@ class OrderedWorkerPool:
             memory.close()
             memory.unlink()
         self.memories = []
+        _LIVE_POOLS.discard(self)
 
     def _drop_pending_tasks(self):
         # Otherwise the stop signals queue up behind batches nobody will read, and workers decode those first.

@@ -20,6 +20,20 @@ def toy_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory):
+    """A .pdparams of an untrained ResNet18 feature network at 3×32×32: the weights eval.py, infer.py and
+    export_model.py are given."""
+    import paddle
+    from core import programs
+    paddle.enable_static()
+    feature_program = programs.build_feature_program("ResNet18", 0, (3, 32, 32))
+    paddle.static.Executor(paddle.CPUPlace()).run(feature_program.startup)
+    prefix = str(tmp_path_factory.mktemp("weights") / "resnet18")
+    paddle.static.save(feature_program.program, prefix)
+    return prefix + ".pdparams"
+
+
 @pytest.fixture
 def trained_tiny_program():
     """tiny_program's network after one training step, so that velocities and statistics are not at their initial

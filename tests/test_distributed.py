@@ -14,7 +14,7 @@ import infer
 import reader
 import search
 import train_pair
-from core import gallery_index, image_ops, samplers, trainer
+from core import checkpoint, gallery_index, image_ops, samplers, trainer
 from core.flags import check_training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -254,3 +254,77 @@ def test_two_processes_build_the_index_one_process_builds(toy_root, tmp_path):
     assert pair.paths == single.paths and pair.labels == single.labels and pair.model == single.model
     assert "indexed %d images" % len(single.paths) in rank_log(tmp_path, 0)
     assert "process 1 of 2: images" in rank_log(tmp_path, 1) and "indexed" not in rank_log(tmp_path, 1)
+
+
+def rank_pids(launcher_pid):
+    """{rank: pid} of the training processes a launcher started (its children with PADDLE_TRAINER_ID set)."""
+    ranks = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/stat" % entry) as stat:
+                if int(stat.read().rsplit(")", 1)[1].split()[1]) != launcher_pid:
+                    continue
+            with open("/proc/%s/environ" % entry, "rb") as environ:
+                variables = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"PADDLE_TRAINER_ID" in variables:
+            ranks[int(variables[b"PADDLE_TRAINER_ID"])] = int(entry)
+    return ranks
+
+
+def launch(command, output_path):
+    """Starts the launch; returns (launcher process, its output file)."""
+    output = open(output_path, "w")
+    return subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT), output
+
+
+def test_a_killed_process_ends_the_whole_launch_and_the_same_command_resumes(toy_root, tmp_path):
+    """kill -9 of one process (the out-of-memory killer, a failed node) must not leave the other one waiting in an
+    all-reduce for the 30 minutes of gloo's time-out: the launch ends within seconds, naming the dead rank, and the
+    same command line, restarted, resumes from the last checkpoint."""
+    save_dir, log_dir = tmp_path / "saved", tmp_path / "log"
+    command = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node=2", "--log_dir=%s" % log_dir,
+               os.path.join(ROOT, "train_elem.py")] + run_flags(
+        toy_root, save_dir, model="ResNet18", loss_name="softmax", class_dim=12, train_batch_size=8,
+        total_iter_num=6, save_iter_step=1, lr=0.001, checkpoint="auto")
+    launcher, output = launch(command, tmp_path / "first.txt")
+    try:
+        deadline = time.time() + LAUNCH_TIMEOUT_SECONDS
+        while "saved checkpoint %s" % (save_dir / "ResNet18" / "2") not in read_if_exists(log_dir / "workerlog.0"):
+            assert launcher.poll() is None and time.time() < deadline, worker_logs(tmp_path)
+            time.sleep(0.1)
+        ranks = rank_pids(launcher.pid)
+        os.kill(ranks[1], signal.SIGKILL)
+        killed = time.monotonic()
+        launcher.wait(timeout=LAUNCH_TIMEOUT_SECONDS)
+        ended_after = time.monotonic() - killed
+    finally:
+        for pid in rank_pids(launcher.pid).values():
+            kill_if_running(pid)
+        launcher.kill()
+        output.close()
+    assert ended_after < 60 and launcher.returncode != 0
+    log0 = read_if_exists(log_dir / "workerlog.0")
+    assert "--checkpoint=auto: no checkpoint in %s yet: starting from scratch" % (save_dir / "ResNet18") in log0
+    # Rank 0 ends with one line naming the dead rank when gloo fails its all-reduce, unless the launcher's SIGKILL
+    # came first; the launcher reports rank 1's death, or rank 0's failure with that line.
+    errors = [line for line in log0.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in log0 and len(errors) <= 1, log0[-3000:]
+    dead = r"rank 1 \(pid %d\) died" % ranks[1]
+    assert all(re.fullmatch(r"error: rank 0: a step exchanging data with the other processes failed \(.*\): " + dead,
+                            line) for line in errors)
+    assert re.search(r"Container rank 1 status failed .* code -9|" + dead, (tmp_path / "first.txt").read_text())
+    newest = checkpoint.newest_checkpoint(str(save_dir / "ResNet18"))
+    assert int(os.path.basename(newest)) >= 2
+
+    launcher, output = launch(command, tmp_path / "second.txt")
+    try:
+        launcher.wait(timeout=LAUNCH_TIMEOUT_SECONDS)
+    finally:
+        launcher.kill()
+        output.close()
+    log0 = read_if_exists(log_dir / "workerlog.0")
+    assert launcher.returncode == 0, log0[-3000:]
+    assert "resumed from %s at iteration %s" % (newest, os.path.basename(newest)) in log0
+    assert checkpoint.newest_checkpoint(str(save_dir / "ResNet18")) == str(save_dir / "ResNet18" / "6")

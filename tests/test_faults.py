@@ -7,13 +7,8 @@ checkpoints on disk that load. Images: test_image_faults.py; checkpoints and dis
 """
 import json
 import os
-import queue
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 
 import numpy as np
 import paddle
@@ -24,93 +19,13 @@ import eval as eval_script
 import infer
 import train_elem
 import train_pair
-from script_tools import ROOT, TINY, error_line, run_main, train_flags
+from script_tools import TINY, ScriptProcess, assert_gone, error_line, run_main, train_flags
 
 
 # ---------------------------------------------------------------- processes and signals
 
-class Training:
-    """train_pair.py in a process group of its own, its output read line by line without ever blocking the test."""
-
-    def __init__(self, flags):
-        self.process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train_pair.py")] + flags,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        start_new_session=True)
-        self.lines = []
-        self._queue = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self):
-        for line in self.process.stdout:
-            self._queue.put(line)
-        self._queue.put(None)
-
-    def wait_for(self, pattern, timeout=120):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if line is None:
-                break
-            self.lines.append(line)
-            if re.search(pattern, line):
-                return
-        self.process.kill()
-        raise AssertionError("no %r in the output:\n%s" % (pattern, "".join(self.lines)))
-
-    def finish(self, timeout):
-        """Waits for the exit; returns the exit code and the whole output."""
-        try:
-            self.process.wait(timeout)
-        finally:
-            self.process.kill()
-        self.wait_for_end_of_output()
-        return self.process.returncode, "".join(self.lines)
-
-    def wait_for_end_of_output(self):
-        while True:
-            line = self._queue.get(timeout=60)
-            if line is None:
-                return
-            self.lines.append(line)
-
-    def workers(self):
-        """The forked reader workers: children running the script's own command line (not the resource tracker)."""
-        return [pid for pid in all_pids()
-                if parent_pid(pid) == self.process.pid and command_line(pid) == command_line(self.process.pid)]
-
-
-def all_pids():
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def command_line(pid):
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as cmdline:
-            return cmdline.read()
-    except OSError:
-        return None
-
-
-def parent_pid(pid):
-    try:
-        with open("/proc/%d/stat" % pid) as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def assert_gone(pids, within=60.0):
-    deadline = time.monotonic() + within
-    while [pid for pid in pids if os.path.exists("/proc/%d" % pid)] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in pids if os.path.exists("/proc/%d" % pid)], "orphaned reader workers"
-
-
 def test_a_killed_reader_worker_stops_training_within_seconds(toy_root, tmp_path):
-    run = Training(train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2))
+    run = ScriptProcess("train_pair.py", train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2))
     run.wait_for(r"trainbatch 2,")
     workers = run.workers()
     assert len(workers) == 2
@@ -129,7 +44,7 @@ def test_a_killed_reader_worker_stops_training_within_seconds(toy_root, tmp_path
 
 def test_sigterm_to_the_whole_job_saves_and_exits_while_a_second_run_is_locked_out(toy_root, tmp_path, capsys):
     flags = train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2)
-    run = Training(flags)
+    run = ScriptProcess("train_pair.py", flags)
     run.wait_for(r"trainbatch 2,")
     second = train_flags(toy_root, tmp_path, "eml", 1, num_workers=0)
     code, out, err = run_main(train_pair, second, capsys)
@@ -153,17 +68,28 @@ def test_sigterm_to_the_whole_job_saves_and_exits_while_a_second_run_is_locked_o
         assert lock.read() == ""  # released
 
 
-def test_a_killed_run_leaves_no_workers_and_its_stale_lock_is_taken_over(toy_root, tmp_path, capsys):
-    run = Training(train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2))
-    run.wait_for(r"trainbatch 1,")
+def test_a_run_restarted_at_once_after_kill_9_takes_the_lock_over_and_resumes(toy_root, tmp_path, capsys):
+    """What a job supervisor does: the same command again, with --checkpoint=auto, the moment the last one died."""
+    save_dir = tmp_path / "ResNet18"
+    run = ScriptProcess("train_pair.py", train_flags(toy_root, tmp_path, "eml", 100000, num_workers=2, save_iter_step=1,
+                                                     checkpoint="auto"))
+    run.wait_for(r"saved checkpoint .*/2$")
+    assert "--checkpoint=auto: no checkpoint in %s yet: starting from scratch" % save_dir in "".join(run.lines)
     workers = run.workers()
     run.process.kill()
-    run.finish(timeout=300)
-    assert_gone(workers)
-    code, out, err = run_main(train_pair, train_flags(toy_root, tmp_path, "eml", 1, num_workers=0), capsys)
+    run.process.wait()
+    assert [pid for pid in workers if os.path.exists("/proc/%d" % pid)], "the workers outlive their parent a while"
+    newest = checkpoint.newest_checkpoint(str(save_dir))
+    iteration = int(os.path.basename(newest))
+    code, out, err = run_main(train_pair, train_flags(toy_root, tmp_path, "eml", iteration + 1, num_workers=0,
+                                                      save_iter_step=1, checkpoint="auto"), capsys)
     assert code == 0, err
     assert "warning: taking over %s from training run pid %d, which ended without releasing it" % (
-        tmp_path / "ResNet18" / checkpoint.LOCK_FILE, run.process.pid) in out
+        save_dir / checkpoint.LOCK_FILE, run.process.pid) in out
+    assert "resumed from %s at iteration %d" % (newest, iteration) in out
+    assert checkpoint.newest_checkpoint(str(save_dir)) == str(save_dir / str(iteration + 1))
+    run.finish(timeout=300)
+    assert_gone(workers)
 
 
 # ---------------------------------------------------------------- numerics

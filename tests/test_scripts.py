@@ -140,10 +140,23 @@ def test_the_periodic_test_scores_the_test_list_it_is_given(toy_root, tmp_path, 
 def test_pair_training_starts_from_the_elem_checkpoint(toy_root, tmp_path, capsys):
     train_elem.main(train_flags(toy_root, tmp_path / "elem", "arcmargin", 1, class_dim=12, embedding_size=16))
     capsys.readouterr()
-    train_pair.main(train_flags(toy_root, tmp_path / "pair", "eml", 1, embedding_size=16,
-                                pretrained_model=tmp_path / "elem" / "ResNet18" / "1"))
+    # --checkpoint=auto with --pretrained_model: what a supervisor restarts; the first run starts from the weights
+    pair_flags = train_flags(toy_root, tmp_path / "pair", "eml", 1, embedding_size=16, checkpoint="auto",
+                             pretrained_model=tmp_path / "elem" / "ResNet18" / "1")
+    train_pair.main(pair_flags)
+    output = capsys.readouterr().out
+    assert "--checkpoint=auto: no checkpoint in %s yet: starting from --pretrained_model" % (
+        tmp_path / "pair" / "ResNet18") in output
     # every backbone and embedding variable loads; the arcmargin class weights are the one unused entry
-    assert re.search(r"loaded \d+, missing 0, shape-mismatched 0, unused 1", capsys.readouterr().out)
+    assert re.search(r"loaded \d+, missing 0, shape-mismatched 0, unused 1", output)
+    train_pair.main(pair_flags + ["--total_iter_num=2"])  # a restart resumes instead
+    output = capsys.readouterr().out
+    assert "resumed from %s at iteration 1" % (tmp_path / "pair" / "ResNet18" / "1") in output
+    assert not re.search(r"loaded \d+, missing", output) and "trainbatch 2," in output
+    train_pair.main(pair_flags + ["--total_iter_num=2"])  # once more: the training is complete, nothing to do
+    output = capsys.readouterr().out
+    assert "resumed from %s at iteration 2" % (tmp_path / "pair" / "ResNet18" / "2") in output
+    assert "trainbatch" not in output and "saved checkpoint" not in output
 
 
 @pytest.fixture(scope="module")
