@@ -53,7 +53,7 @@ SECONDS_TO_FIRST_SAVE_LIMIT = 300
 def training_command(data_dir, save_dir, iterations, num_workers):
     flags = dict(model=MODEL, image_shape="3,32,32", use_gpu=False, data_dir=data_dir, model_save_dir=save_dir,
                  loss_name="eml", train_batch_size=6, test_batch_size=16, total_iter_num=iterations,
-                 display_iter_step=1, test_iter_step=10 ** 9, save_iter_step=1, lr=0.01, num_workers=num_workers,
+                 display_iter_step=1, test_iter_step=0, save_iter_step=1, lr=0.01, num_workers=num_workers,
                  checkpoint=checkpoint.AUTO)
     return [sys.executable, TRAIN_SCRIPT] + ["--%s=%s" % item for item in flags.items()]
 
