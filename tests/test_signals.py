@@ -66,7 +66,7 @@ def test_infer_stopped_by_sigterm_while_extracting_writes_nothing(long_test_set,
     features = tmp_path / "out" / "features.npy"
     run = ScriptProcess("infer.py", TINY + ["--data_dir=%s" % long_test_set, "--batch_size=2", "--num_workers=2",
                                             "--save_features=%s" % features])
-    run.wait_for(r"^Test-3-feature")
+    run.wait_for(r"^Test-0-feature")  # extracting (with --save_features, every 20th batch prints its line)
     workers, shared_memory = run.workers(), run.shared_memory()
     assert len(workers) == 2 and shared_memory
     os.killpg(run.process.pid, signal.SIGTERM)  # as a scheduler does: the script and its workers
