@@ -78,12 +78,22 @@ def negative_mask(label):
 
 def masked_max(x, mask, axis=None, keepdim=False):
     """Max of `x` over the entries where `mask` holds; -LARGE where nothing is selected."""
-    return paddle.max(paddle.where(mask, x, filled_like(x, -LARGE)), axis=axis, keepdim=keepdim)
+    return _masked_extreme(paddle.where(mask, x, filled_like(x, -LARGE)), axis, keepdim, paddle.max, paddle.argmax)
 
 
 def masked_min(x, mask, axis=None, keepdim=False):
     """Min of `x` over the entries where `mask` holds; +LARGE where nothing is selected."""
-    return paddle.min(paddle.where(mask, x, filled_like(x, LARGE)), axis=axis, keepdim=keepdim)
+    return _masked_extreme(paddle.where(mask, x, filled_like(x, LARGE)), axis, keepdim, paddle.min, paddle.argmin)
+
+
+def _masked_extreme(padded, axis, keepdim, reduce, arg_reduce):
+    """Along an axis, the extreme is gathered at its index: the same value, and its gradient is a scatter, where
+    Paddle 3.3.1's own max/min gradient on CPU takes seconds for a [30, 8192] matrix (measured: 2-3 s, against
+    ~1 ms). The gradient goes to one of tied extremes instead of being shared among them."""
+    if axis is None:
+        return reduce(padded, keepdim=keepdim)
+    extreme = paddle.take_along_axis(padded, arg_reduce(padded, axis=axis, keepdim=True), axis=axis)
+    return extreme if keepdim else paddle.squeeze(extreme, axis=axis)
 
 
 def masked_mean(x, mask, axis=None, keepdim=False):
