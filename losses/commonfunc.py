@@ -48,6 +48,13 @@ def pairwise_squared_distance(x, y=None):
     return paddle.clip(distance, min=0.0)
 
 
+def unit_squared_distance(x, y):
+    """Squared Euclidean distances [N, M] between L2-normalised rows: |xi - yj|^2 = 2 - 2 xi.yj, clamped at 0.
+
+    One product, where `pairwise_squared_distance` also reduces |yj|^2 over a memory of thousands of rows."""
+    return paddle.clip(2.0 - 2.0 * paddle.matmul(x, y, transpose_y=True), min=0.0)
+
+
 def batch_positions(label):
     """Positions 0..N-1 of the items in the batch; N is read at run time, so any batch size works."""
     return paddle.arange(paddle.shape(flatten_labels(label))[0])

@@ -4,7 +4,7 @@ import paddle
 import paddle.nn.functional as F
 
 from .base import CLASS_BALANCED, MARGIN, TRIPLETS
-from .commonfunc import l2_normalize, pairwise_squared_distance
+from .commonfunc import l2_normalize, unit_squared_distance
 from .miners import MINER, MINERS, NO_MINER
 from .pairloss import PAIR_FLAGS, CrossBatchMemory, PairLoss, pair_masks
 
@@ -64,7 +64,7 @@ class TripletLoss(PairLoss):
 
     def pair_loss(self, query, query_label, reference, reference_label, valid):
         positive, negative = pair_masks(query_label, reference_label, valid)
-        return MINERS[self.miner](pairwise_squared_distance(query, reference), positive, negative, self.margin)
+        return MINERS[self.miner](unit_squared_distance(query, reference), positive, negative, self.margin)
 
 
 def check_triplet_batch(batch_size):

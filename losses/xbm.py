@@ -83,21 +83,20 @@ class CrossBatchMemory:
         batch_labels = distributed.gather_over_processes(labels, self.process_rank, self.num_processes)
         batch_size = paddle.shape(batch_labels)[0].astype("int64")
         slots = (position + paddle.arange(batch_size, dtype="int64")) % self.size
+        # Written in place, only the batch's rows (index_put_; Paddle 3.3.1's scatter_ silently copies under PIR).
         # Before the start the same slots are rewritten with what they hold, so the memory is unchanged.
-        new_memory = paddle.scatter(memory, slots, paddle.where(active, batch, paddle.gather(memory, slots)))
-        new_labels = paddle.scatter(memory_labels, slots,
-                                    paddle.where(active, batch_labels, paddle.gather(memory_labels, slots)))
+        memory = paddle.index_put_(memory, (slots,), paddle.where(active, batch, paddle.gather(memory, slots)))
+        memory_labels = paddle.index_put_(memory_labels, (slots,),
+                                          paddle.where(active, batch_labels, paddle.gather(memory_labels, slots)))
 
         queries = paddle.shape(labels)[0].astype("int64")
         own_slot = (position + self.process_rank * queries + paddle.arange(queries, dtype="int64")) % self.size
         slot_index = paddle.arange(self.size, dtype="int64")
-        valid = (new_labels >= 0).unsqueeze(0) & (slot_index.unsqueeze(0) != own_slot.unsqueeze(1))
-        memory_loss = pair_loss(embedding, labels, new_memory, new_labels, valid)
+        valid = (memory_labels >= 0).unsqueeze(0) & (slot_index.unsqueeze(0) != own_slot.unsqueeze(1))
+        memory_loss = pair_loss(embedding, labels, memory, memory_labels, valid)
         total = in_batch_loss + (self.weight * active.astype(memory_loss.dtype)) * memory_loss
 
-        # The variables are overwritten last, after every op that reads their old values.
-        paddle.assign(new_memory, memory)
-        paddle.assign(new_labels, memory_labels)
+        # Overwritten last, after every op that reads the old position.
         paddle.assign(paddle.where(active, (position + batch_size) % self.size, position), position)
         paddle.assign(step + 1, step)
         return total
