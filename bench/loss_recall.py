@@ -9,9 +9,10 @@ goes through the scripts as a user runs them, in a process of its own, and is sc
   * the pair losses (train_pair.py) fine-tune the arcmargin run's final checkpoint for --pair_iters iterations, with
     --samples_each_class images per class, and those that can keep a cross-batch memory once more with
     --xbm_size/--xbm_start_iter;
-all with the same seed, batch size, learning-rate schedule and each loss's default flags. One run per row: on a set
-this small, two seeds of the same loss differ by about a point of Recall@1 (--seeds runs more and reports them all).
-Each run's log is kept in --work_dir/logs.
+all with the same seed, batch size and learning-rate schedule, and each loss's default flags except TOY_FLAGS: the
+margin losses' scales are set for SOP (arcmargin 80, cosface 64) and, from scratch on 300 classes, stall within this
+budget; both run at 30 here (the demo's arcmargin, AM-Softmax's s). One run per row (--seeds runs more and reports
+them all). Each run's log is kept in --work_dir/logs.
 """
 import argparse
 import json
@@ -28,6 +29,7 @@ import utility  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 START_LOSS = "arcmargin"  # the classifier run whose checkpoint the pair losses start from
+TOY_FLAGS = {"arcmargin": {"arc_scale": 30}, "cosface": {"cos_scale": 30}}
 QUICK = ["--train_classes=12", "--test_classes=8", "--image_size=40", "--elem_iters=2", "--pair_iters=2",
          "--batch_size=12", "--xbm_size=24", "--xbm_start_iter=1", "--losses=arcmargin,contrastive"]
 
@@ -39,12 +41,13 @@ def parse_args(argv=None):
                                                           "losses start from it. Default: all.")
     add("--model", default="ResNet18", help="Backbone. Default: %(default)s.")
     add("--image_shape", default="3,32,32", help="Input shape C,H,W. Default: %(default)s.")
-    add("--embedding_size", type=int, default=128, help="Embedding size. Default: %(default)s.")
+    add("--embedding_size", type=int, default=0, help="Embedding size; 0: ResNet18's pooled 512-d feature, as the "
+                                                       "demo. Default: %(default)s.")
     add("--batch_size", type=int, default=60, help="Training batch (divisible by 2 and 3). Default: %(default)s.")
     add("--samples_each_class", type=int, default=3, help="Images per class in the pair losses' batches (npairs: 2). "
                                                           "Default: %(default)s.")
     add("--elem_iters", type=int, default=500, help="train_elem.py iterations. Default: %(default)s.")
-    add("--elem_lr", type=float, default=0.05, help="train_elem.py learning rate. Default: %(default)s.")
+    add("--elem_lr", type=float, default=0.01, help="train_elem.py learning rate. Default: %(default)s.")
     add("--pair_iters", type=int, default=200, help="train_pair.py iterations. Default: %(default)s.")
     add("--pair_lr", type=float, default=0.001, help="train_pair.py learning rate. Default: %(default)s.")
     add("--xbm_size", type=int, default=1200, help="Memory slots of the XBM runs (the toy set has about 1800 "
@@ -72,14 +75,14 @@ def parse_args(argv=None):
     return args
 
 
-def runs(loss_names):
+def runs(loss_names, xbm_size, xbm_start_iter):
     """(row name, script, loss flags, whether it starts from the arcmargin checkpoint) of every run, arcmargin first."""
     names = [START_LOSS] + [name for name in loss_names if name != START_LOSS]
     table = []
     for loss_name in names:
         loss_class = losses.LOSSES[loss_name]
         if loss_class.has_classifier:
-            table.append((loss_name, "train_elem.py", {"loss_name": loss_name}, False))
+            table.append((loss_name, "train_elem.py", dict(TOY_FLAGS.get(loss_name, {}), loss_name=loss_name), False))
             continue
         miners = [losses.NO_MINER] + sorted(losses.MINERS) if losses.MINER in loss_class.flags else [None]
         for miner in miners:
@@ -89,7 +92,8 @@ def runs(loss_names):
             name = loss_name if "miner" not in flags else "%s --miner=%s" % (loss_name, miner)
             table.append((name, "train_pair.py", flags, True))
             if losses.XBM_SIZE in loss_class.flags and miner != losses.NO_MINER:
-                table.append((name + " + XBM", "train_pair.py", dict(flags, xbm_size=None), True))
+                table.append((name + " + XBM", "train_pair.py", dict(flags, xbm_size=xbm_size, xbm_start_iter=xbm_start_iter),
+                              True))
     return table
 
 
@@ -108,12 +112,7 @@ def run_flags(args, script, flags, seed, save_dir, start_checkpoint):
             common += ["--samples_each_class=%d" % (2 if flags["loss_name"] == "npairs" else args.samples_each_class)]
     common += ["--lr=%g" % lr, "--lr_steps=%d" % max(1, iterations * 3 // 4), "--total_iter_num=%d" % iterations,
                "--test_iter_step=%d" % (iterations + 1), "--save_iter_step=%d" % iterations]
-    for name, value in flags.items():
-        if name == "xbm_size":
-            common += ["--xbm_size=%d" % args.xbm_size, "--xbm_start_iter=%d" % args.xbm_start_iter]
-        else:
-            common.append("--%s=%s" % (name, value))
-    return common, iterations
+    return common + ["--%s=%s" % item for item in flags.items()], iterations
 
 
 def data_dir(args):
@@ -161,19 +160,25 @@ def train_and_score(args, name, script, flags, seed, start_checkpoint):
     return checkpoint, results, time.time() - started
 
 
+def shown_flags(flags):
+    """The row's flags beyond --loss_name, as the command line has them."""
+    return " ".join("--%s=%s" % item for item in sorted(flags.items()) if item[0] not in ("loss_name", "miner"))
+
+
 def print_table(args, rows):
-    print("\nToy SOP test split (%d products), %s %s, %d-d, batch %d; classifier losses %d iterations from scratch, "
-          "pair losses %d more from the arcmargin run; memory %d slots from iteration %d\n"
-          % (args.test_classes, args.model, args.image_shape.replace(",", "x"), args.embedding_size, args.batch_size,
-             args.elem_iters, args.pair_iters, args.xbm_size, args.xbm_start_iter))
-    print("| loss | script | seed | Recall@1 | Recall@10 |")
-    print("|---|---|---:|---:|---:|")
-    for name, script, seed, results in rows:
+    print("\nToy SOP test split (%d products), %s %s, %s, batch %d; classifier losses %d iterations from scratch at "
+          "lr %g, pair losses %d more from the arcmargin run at lr %g; memory %d slots from iteration %d\n"
+          % (args.test_classes, args.model, args.image_shape.replace(",", "x"),
+             "%d-d" % args.embedding_size if args.embedding_size else "pooled features", args.batch_size,
+             args.elem_iters, args.elem_lr, args.pair_iters, args.pair_lr, args.xbm_size, args.xbm_start_iter))
+    print("| loss | script | flags | seed | Recall@1 | Recall@10 |")
+    print("|---|---|---|---:|---:|---:|")
+    for name, script, flags, seed, results in rows:
         if isinstance(results, RunFailed):
-            print("| %s | %s | %d | %s | - |" % (name, script, seed, results))
+            print("| %s | %s | %s | %d | %s | - |" % (name, script, shown_flags(flags), seed, results))
             continue
-        print("| %s | %s | %d | %.1f%% | %.1f%% |" % (name, script, seed, 100 * results["recall@1"],
-                                                      100 * results["recall@10"]))
+        print("| %s | %s | %s | %d | %.1f%% | %.1f%% |" % (name, script, shown_flags(flags), seed,
+                                                           100 * results["recall@1"], 100 * results["recall@10"]))
     sys.stdout.flush()
 
 
@@ -184,19 +189,19 @@ def main(argv=None):
     rows = []
     for seed in args.seeds:
         start_checkpoint = None
-        for name, script, flags, from_start in runs(args.losses):
+        for name, script, flags, from_start in runs(args.losses, args.xbm_size, args.xbm_start_iter):
             try:
                 checkpoint, results, seconds = train_and_score(args, name, script, flags, seed,
                                                                start_checkpoint if from_start else None)
             except RunFailed as failure:
                 if name == START_LOSS:
                     raise  # the pair losses have nothing to start from
-                rows.append((name, script, seed, failure))
+                rows.append((name, script, flags, seed, failure))
                 utility.log("%s (seed %d): %s" % (name, seed, failure))
                 continue
             if name == START_LOSS:
                 start_checkpoint = checkpoint
-            rows.append((name, script, seed, results))
+            rows.append((name, script, flags, seed, results))
             utility.log("%s (seed %d): Recall@1 %.4f in %.0f s; %.0f s so far"
                         % (name, seed, results["recall@1"], seconds, time.time() - started))
     print_table(args, rows)

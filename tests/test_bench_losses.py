@@ -41,24 +41,27 @@ def test_speed_flags_are_checked(tmp_path, capsys):
 
 def test_recall_runs_start_pair_losses_from_arcmargin():
     bench = load_bench("loss_recall")
-    runs = bench.runs(["softmax", "npairs", "multisimilarity"])
+    runs = bench.runs(["softmax", "npairs", "multisimilarity"], 600, 40)
     assert [(name, script, from_start) for name, script, _, from_start in runs] == [
         ("arcmargin", "train_elem.py", False), ("softmax", "train_elem.py", False),
         ("npairs", "train_pair.py", True), ("multisimilarity", "train_pair.py", True),
         ("multisimilarity + XBM", "train_pair.py", True)]
+    assert runs[0][2] == {"loss_name": "arcmargin", "arc_scale": 30}  # the toy budget's scale
+    assert bench.shown_flags(runs[-1][2]) == "--xbm_size=600 --xbm_start_iter=40"
     args = bench.parse_args(["--work_dir=/unused"])
     command, iterations = bench.run_flags(args, "train_pair.py", runs[-1][2], 3, "/out", "/start")
     assert iterations == args.pair_iters and "--pretrained_model=/start" in command and "--seed=3" in command
-    assert "--xbm_size=%d" % args.xbm_size in command and "--samples_each_class=3" in command
+    assert "--xbm_size=600" in command and "--samples_each_class=3" in command
     command, _ = bench.run_flags(args, "train_pair.py", runs[2][2], 0, "/out", "/start")
     assert "--samples_each_class=2" in command  # npairs: an anchor and its positive
 
 
 def test_recall_quick_run_scores_each_run(tmp_path, capsys):
     rows = load_bench("loss_recall").main(["--quick", "--work_dir=%s" % tmp_path])
-    table = table_rows(capsys.readouterr().out, 5, "loss")
-    assert [row[:3] for row in table] == [["arcmargin", "train_elem.py", "0"], ["contrastive", "train_pair.py", "0"],
-                                         ["contrastive + XBM", "train_pair.py", "0"]]
-    for (name, _, _, results), row in zip(rows, table):
-        assert row[3] == "%.1f%%" % (100 * results["recall@1"]) and 0 <= results["recall@1"] <= 1
+    table = table_rows(capsys.readouterr().out, 6, "loss")
+    assert [row[:4] for row in table] == [["arcmargin", "train_elem.py", "--arc_scale=30", "0"],
+                                         ["contrastive", "train_pair.py", "", "0"],
+                                         ["contrastive + XBM", "train_pair.py", "--xbm_size=24 --xbm_start_iter=1", "0"]]
+    for (name, _, _, _, results), row in zip(rows, table):
+        assert row[4] == "%.1f%%" % (100 * results["recall@1"]) and 0 <= results["recall@1"] <= 1
         assert results["recall@1"] <= results["recall@10"]
