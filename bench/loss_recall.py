@@ -34,7 +34,7 @@ QUICK = ["--train_classes=12", "--test_classes=8", "--image_size=40", "--elem_it
          "--batch_size=12", "--xbm_size=24", "--xbm_start_iter=1", "--losses=arcmargin,contrastive"]
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--losses", default=",".join(losses.LOSSES), help="Comma-separated losses; arcmargin always runs, the pair "
@@ -59,6 +59,11 @@ def parse_args(argv=None):
     add("--image_size", type=int, default=80, help="Toy JPEG side. Default: %(default)s.")
     add("--work_dir", default="/tmp/loss_recall", help="Data set, checkpoints and logs. Default: %(default)s.")
     add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    return parser
+
+
+def parse_args(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.quick:  # the user's own flags after QUICK, so that they win
         args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))

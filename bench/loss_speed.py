@@ -44,7 +44,7 @@ QUICK = ["--side=32", "--batch_size=6", "--embedding_size=8", "--xbm_size=12", "
          "--rounds=1", "--classes=6", "--losses=softmax,contrastive"]
 
 
-def parse_args(argv=None):
+def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", default="ResNet18", help="Backbone. Default: %(default)s.")
@@ -61,6 +61,11 @@ def parse_args(argv=None):
     add("--classes", type=int, default=40, help="Products in the toy training split. Default: %(default)s.")
     add("--work_dir", default="/tmp/loss_speed", help="Data set and checkpoint directory. Default: %(default)s.")
     add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    return parser
+
+
+def parse_args(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     if args.quick:  # the user's own flags after QUICK, so that they win
         args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))
