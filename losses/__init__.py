@@ -67,5 +67,6 @@ def from_flags(args, batch_size):
 
 __all__ = ["Loss", "LOSSES", "names", "add_arguments", "from_flags", "SoftmaxLoss", "ArcMarginLoss", "CosFaceLoss",
            "ProxyAnchorLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss", "MultiSimilarityLoss",
-           "ContrastiveLoss", "CircleLoss", "CrossBatchMemory", "MINERS", "NO_MINER", "SHUFFLED", "TRIPLETS",
-           "CLASS_BALANCED", "CLASS_DIM", "check_labels", "check_class_balanced_batch", "check_triplet_batch"]
+           "ContrastiveLoss", "CircleLoss", "CrossBatchMemory", "MINER", "MINERS", "NO_MINER", "XBM_SIZE", "SHUFFLED",
+           "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM", "check_labels", "check_class_balanced_batch",
+           "check_triplet_batch"]

@@ -4,7 +4,8 @@ import paddle.nn.functional as F
 
 from utility import Flag, positive
 from .commonfunc import LARGE, constant, filled_like
-from .pairloss import PAIR_FLAGS, CrossBatchMemory, PairLoss, pair_masks
+from .pairloss import PAIR_FLAGS, PairLoss, pair_masks
+from .xbm import CrossBatchMemory
 
 
 def _relaxation(value):

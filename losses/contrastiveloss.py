@@ -4,7 +4,8 @@ import paddle
 import paddle.nn.functional as F
 
 from utility import Flag
-from .pairloss import PAIR_FLAGS, CrossBatchMemory, PairLoss, pair_masks
+from .pairloss import PAIR_FLAGS, PairLoss, pair_masks
+from .xbm import CrossBatchMemory
 
 
 def _similarity(value):

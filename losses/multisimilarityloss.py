@@ -3,7 +3,8 @@ import paddle
 
 from utility import Flag, positive
 from .commonfunc import log_one_plus_sum_exp, masked_max, masked_min
-from .pairloss import PAIR_FLAGS, CrossBatchMemory, PairLoss, pair_masks
+from .pairloss import PAIR_FLAGS, PairLoss, pair_masks
+from .xbm import CrossBatchMemory
 
 MS_FLAGS = (
     Flag("ms_alpha", float, 2.0, "multisimilarity: scale of the positive pairs' term.", positive),

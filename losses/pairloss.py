@@ -2,7 +2,7 @@
 --xbm_size, in the cross-batch memory."""
 from .base import CLASS_BALANCED, SAMPLES_EACH_CLASS, Loss, check_class_balanced_batch
 from .commonfunc import flatten_labels, l2_normalize, same_label_mask, self_mask
-from .xbm import XBM_FLAGS, CrossBatchMemory  # noqa: F401  (CrossBatchMemory: the pair losses' memory)
+from .xbm import XBM_FLAGS
 
 PAIR_FLAGS = (SAMPLES_EACH_CLASS,) + XBM_FLAGS
 
@@ -12,7 +12,7 @@ class PairLoss(Loss):
 
     Subclasses implement `pair_loss(query, query_label, reference, reference_label, valid)`: the loss of the queries
     [n, D] against the references [m, D], where the boolean `valid` [n, m] says which (query, reference) pairs exist.
-    In the batch the references are the batch itself, a query never paired with itself; with a
+    In the batch the references are the batch itself, a query never paired with itself; with an
     `xbm.CrossBatchMemory` the memory's loss is added (see there). `loss()` returns what `pair_loss` returns: per-query
     losses [n, 1] or a scalar, to be averaged.
     """

@@ -6,7 +6,8 @@ import paddle.nn.functional as F
 from .base import CLASS_BALANCED, MARGIN, TRIPLETS
 from .commonfunc import l2_normalize, unit_squared_distance
 from .miners import MINER, MINERS, NO_MINER
-from .pairloss import PAIR_FLAGS, CrossBatchMemory, PairLoss, pair_masks
+from .pairloss import PAIR_FLAGS, PairLoss, pair_masks
+from .xbm import CrossBatchMemory
 
 
 class TripletLoss(PairLoss):
