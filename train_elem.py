@@ -1,4 +1,5 @@
-"""Trains an embedding network with a classification loss: softmax or arcmargin (ArcFace).
+"""Trains an embedding network with a classification loss: softmax, arcmargin (ArcFace), cosface (CosFace) or
+proxyanchor (Proxy-Anchor, one learned proxy per class).
 
     python train_elem.py --model=ResNet50 --loss_name=arcmargin --arc_scale=80.0 --arc_margin=0.15 ...
 """

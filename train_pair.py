@@ -1,8 +1,11 @@
-r"""Fine-tunes an embedding network with a loss on pairs inside the batch: triplet, quadruplet, eml, npairs
-or multisimilarity.
+r"""Fine-tunes an embedding network with a loss on pairs inside the batch: triplet (with --miner: batch_hard,
+semi_hard or all), quadruplet, eml, npairs, multisimilarity, contrastive or circle; contrastive, multisimilarity,
+circle and the mined triplet also against a cross-batch memory of past embeddings (--xbm_size).
 
     python train_pair.py --model=ResNet50 --loss_name=eml --samples_each_class=2 \
         --pretrained_model=output/ResNet50/30000 ...
+    python train_pair.py --model=ResNet50 --loss_name=contrastive --samples_each_class=4 \
+        --xbm_size=55000 --xbm_start_iter=1000 --pretrained_model=output/ResNet50/30000 ...
 """
 import losses
 from core import trainer

@@ -120,10 +120,30 @@ def world_size():
     return paddle.distributed.ParallelEnv().world_size
 
 
+def rank():
+    """This process's place among the training processes: PADDLE_TRAINER_ID as the launcher sets it, else 0."""
+    return paddle.distributed.ParallelEnv().rank
+
+
 def mean_over_processes(value, num_processes):
     """Appends an all-reduce to the current program; returns `value` averaged over the processes."""
     paddle.distributed.all_reduce(value)  # sums in place
     return value / num_processes
+
+
+def gather_over_processes(value, process_rank, num_processes):
+    """Appends ops returning every process's `value` [n, ...] stacked in rank order, [num_processes * n, ...], the same
+    on every process; each process's `value` must have the same shape.
+
+    An all-reduce (sum) of copies padded with zeros: the one collective that works in static PIR programs here, and
+    exact, since x + 0 = x.
+    """
+    if num_processes == 1:
+        return value
+    zeros = paddle.zeros_like(value)
+    padded = paddle.concat([zeros] * process_rank + [value] + [zeros] * (num_processes - process_rank - 1), axis=0)
+    paddle.distributed.all_reduce(padded)
+    return padded
 
 
 class DataParallelMomentum(paddle.optimizer.Momentum):

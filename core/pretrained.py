@@ -13,9 +13,9 @@ import paddle
 from core import checkpoint
 from core.weights import CheckpointError, read_fluid_variable, read_program_state
 
-# Optimizer state, the learning rate and float16 AMP's loss scaling belong to a run, not to a model: never taken
-# from pretrained weights.
-RUN_STATE_MARKERS = ("_velocity_", "learning_rate_", "loss_scaling_", "num_good_steps_", "num_bad_steps_")
+# Optimizer state, the learning rate, float16 AMP's loss scaling and the cross-batch memory belong to a run, not to a
+# model: never taken from pretrained weights.
+RUN_STATE_MARKERS = ("_velocity_", "learning_rate_", "loss_scaling_", "num_good_steps_", "num_bad_steps_", "xbm_")
 
 
 def read_weights(path):

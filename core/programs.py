@@ -68,7 +68,7 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
     """Network, loss and Momentum with L2 decay as the original, its learning rate from `scheduler`
     (`make_lr_scheduler`).
 
-    `loss` is a `losses.Loss`; one with a classifier head returns per-sample losses and class probabilities, from
+    `loss` is a `losses.Loss`; one with a classifier head returns the losses to average and class probabilities, from
     which top-1 and top-5 accuracy are computed; the others return the losses to average.
     `amp_dtype` ('float16' or 'bfloat16') runs the network in Paddle's O1 automatic mixed precision, the loss in
     float32. With `world_size` > 1 the gradients are averaged over the data-parallel processes, and the loss and
@@ -88,8 +88,8 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
             result = loss.loss(feature, label)
             accuracies = []
             if loss.has_classifier:
-                per_sample, probabilities = result
-                avg_loss = paddle.mean(per_sample)
+                classifier_loss, probabilities = result
+                avg_loss = paddle.mean(classifier_loss)
                 top_k = min(5, probabilities.shape[1])
                 accuracies = [paddle.metric.accuracy(probabilities, label, k=1),
                               paddle.metric.accuracy(probabilities, label, k=top_k)]

@@ -108,7 +108,7 @@ def build_loss(args):
     """The --loss_name loss from the registry, for this process's share of each batch."""
     batch_size = flags.per_process_batch_size(args)
     try:
-        return losses.LOSSES[args.loss_name].from_flags(args, batch_size)
+        return losses.from_flags(args, batch_size)
     except ValueError as error:  # the message starts with the offending --flag=value
         if batch_size != args.train_batch_size:
             error = "%s (the share of each of %d processes of --train_batch_size=%d)" % (

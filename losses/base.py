@@ -14,7 +14,8 @@ from utility import Flag, positive
 CLASS_DIM = Flag("class_dim", int, 11318, "Number of training classes (SOP: 11318), the size of a classifier loss's "
                  "output; train_pair.py accepts it and, as the original, leaves it unused.", positive)
 SAMPLES_EACH_CLASS = Flag("samples_each_class", int, 2, "Images of each class in a class-balanced batch "
-                          "(quadruplet, eml, npairs, multisimilarity).", positive)
+                          "(quadruplet, eml, npairs, multisimilarity, contrastive, circle, triplet with --miner).",
+                          positive)
 MARGIN = Flag("margin", float, 0.1, "triplet, quadruplet: the margin.")
 
 
@@ -24,9 +25,10 @@ class Loss:
     name:               its --loss_name.
     batch_layout:       SHUFFLED, TRIPLETS or CLASS_BALANCED; with CLASS_BALANCED, `samples_each_class` images of
                         each class.
-    has_classifier:     `loss()` returns `(per_sample_loss [N, 1], probabilities [N, class_dim])` and top-1/top-5
-                        accuracy is logged; otherwise it returns the per-sample (or per-anchor) losses, or a scalar,
-                        and the log shows the batch's Recall@1.
+    has_classifier:     `loss()` returns `(losses, probabilities [N, class_dim])`, the losses to average (per sample
+                        [N, 1], or one scalar for the batch as proxyanchor's), and top-1/top-5 accuracy is logged;
+                        otherwise it returns the per-sample (or per-anchor) losses, or a scalar, and the log shows the
+                        batch's Recall@1.
     flags:              its hyper-parameters, as `utility.Flag`s with the paper's defaults.
     """
 

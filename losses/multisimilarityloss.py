@@ -2,8 +2,9 @@
 import paddle
 
 from utility import Flag, positive
-from .base import CLASS_BALANCED, SAMPLES_EACH_CLASS, Loss, check_class_balanced_batch
-from .commonfunc import LARGE, filled_like, l2_normalize, masked_max, masked_min, negative_mask, positive_mask
+from .commonfunc import log_one_plus_sum_exp, masked_max, masked_min
+from .pairloss import PAIR_FLAGS, PairLoss, pair_masks
+from .xbm import CrossBatchMemory
 
 MS_FLAGS = (
     Flag("ms_alpha", float, 2.0, "multisimilarity: scale of the positive pairs' term.", positive),
@@ -13,17 +14,7 @@ MS_FLAGS = (
 )
 
 
-def log_one_plus_sum_exp(exponent, mask):
-    """log(1 + sum over the masked entries of exp(exponent)) per row, [N, 1]; 0 for a row with nothing masked.
-
-    A logsumexp with a column of zeros standing for the 1, so that large exponents cannot overflow.
-    """
-    exponent = paddle.where(mask, exponent, filled_like(exponent, -LARGE))
-    one = paddle.zeros_like(exponent[:, :1])
-    return paddle.logsumexp(paddle.concat([one, exponent], axis=1), axis=1, keepdim=True)
-
-
-class MultiSimilarityLoss(Loss):
+class MultiSimilarityLoss(PairLoss):
     """Soft weighting of every informative pair of an anchor, on cosine similarities.
 
     With S_ij the cosine similarity of the L2-normalised embeddings, positives P_i (same label, j != i) and
@@ -36,33 +27,31 @@ class MultiSimilarityLoss(Loss):
     Args:
         train_batch_size: images per batch (all devices); checked to split into groups of samples_each_class.
         samples_each_class: images of one class per group in the sampler's batches.
+        memory: an `xbm.CrossBatchMemory`, whose references the anchors meet as well, or None.
 
     `loss(input, label)` returns the per-anchor losses [N, 1]. An anchor whose pairs are all mined away, or that
     has no positive or no negative in the batch, gets loss 0 and no gradient (it still counts in the caller's mean).
     """
 
     name = "multisimilarity"
-    batch_layout = CLASS_BALANCED
-    flags = (SAMPLES_EACH_CLASS,) + MS_FLAGS
+    flags = PAIR_FLAGS + MS_FLAGS
 
-    def __init__(self, train_batch_size, samples_each_class, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
-        check_class_balanced_batch(train_batch_size, samples_each_class, "multisimilarity")
+    def __init__(self, train_batch_size, samples_each_class, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1,
+                 memory=None):
+        super().__init__(train_batch_size, samples_each_class, memory)
         for flag, value in (("ms_alpha", alpha), ("ms_beta", beta)):
             if value <= 0:
                 raise ValueError("--%s=%s: must be positive" % (flag, value))
-        self.train_batch_size = train_batch_size
-        self.samples_each_class = samples_each_class
         self.alpha, self.beta, self.base, self.epsilon = alpha, beta, base, epsilon
 
     @classmethod
     def from_flags(cls, args, batch_size):
         return cls(batch_size, args.samples_each_class, alpha=args.ms_alpha, beta=args.ms_beta, base=args.ms_base,
-                   epsilon=args.ms_epsilon)
+                   epsilon=args.ms_epsilon, memory=CrossBatchMemory.from_flags(args, batch_size))
 
-    def loss(self, input, label):
-        embedding = l2_normalize(input)
-        similarity = paddle.matmul(embedding, embedding, transpose_y=True)
-        positive, negative = positive_mask(label), negative_mask(label)
+    def pair_loss(self, query, query_label, reference, reference_label, valid):
+        similarity = paddle.matmul(query, reference, transpose_y=True)
+        positive, negative = pair_masks(query_label, reference_label, valid)
         # An anchor without negatives has max = -LARGE and keeps no positive; without positives, min = +LARGE
         # and it keeps no negative: both terms are then log(1) = 0.
         hardest_negative = masked_max(similarity, negative, axis=1, keepdim=True)

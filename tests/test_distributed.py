@@ -85,6 +85,25 @@ def test_two_processes_take_the_step_one_process_takes_on_the_whole_batch(toy_ro
     assert "trainbatch" not in rank_log(tmp_path / "pair", 1)
 
 
+def test_the_cross_batch_memory_holds_every_process_embeddings_the_same_on_each(toy_root, tmp_path):
+    """Two steps of 8 images, 4 per process, into a memory of 16: both processes hold the whole global batches in
+    rank order, and the first one as one process computes it (TinyNet has no batch norm)."""
+    flags = run_flags(toy_root, tmp_path / "saved", model="TinyNet", loss_name="contrastive", samples_each_class=2,
+                      train_batch_size=8, total_iter_num=2, xbm_size=16, xbm_start_iter=0)
+    run_worker(tmp_path / "single", "train_pair", flags, processes=1)
+    run_worker(tmp_path / "pair", "train_pair", flags, processes=2)
+
+    single, rank0, rank1 = dumped(tmp_path / "single", 0), dumped(tmp_path / "pair", 0), dumped(tmp_path / "pair", 1)
+    for name in ("xbm_embeddings", "xbm_labels", "xbm_position", "xbm_step"):
+        np.testing.assert_array_equal(rank0[name], rank1[name], err_msg=name)
+    assert rank0["xbm_step"].tolist() == [2] and rank0["xbm_position"].tolist() == [0]
+    np.testing.assert_array_equal(rank0["xbm_labels"], single["xbm_labels"])
+    assert (rank0["xbm_labels"] >= 0).all() and len(np.unique(rank0["xbm_labels"][:8])) == 4
+    # The first batch was embedded by the initial weights, the same in both runs.
+    np.testing.assert_allclose(rank0["xbm_embeddings"][:8], single["xbm_embeddings"][:8], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(rank0["xbm_embeddings"], axis=1), 1.0, rtol=1e-5)
+
+
 def start_and_wait_for_iteration(dump_dir, script_name, flags, iteration):
     """Launches 2 processes and returns the launcher once the first one has logged `iteration`."""
     launcher = subprocess.Popen(worker_command(dump_dir, script_name, flags, processes=2), cwd=ROOT,

@@ -1,4 +1,4 @@
-"""The seven losses against float64 NumPy versions of the original formulas: values, gradients, batch order,
+"""The losses against float64 NumPy versions of the papers' formulas: values, gradients, batch order,
 extreme inputs, configuration errors, and a few dozen training steps on Gaussian clusters."""
 import math
 
@@ -8,69 +8,12 @@ import pytest
 
 import losses
 from core import samplers
-import utility
-
-FEATURE_DIM = 5
-PLACE = paddle.CPUPlace()
-
-
-@pytest.fixture(autouse=True)
-def static_mode():
-    paddle.enable_static()
-    yield
-    paddle.disable_static()
-
-
-# ---------------------------------------------------------------- running a loss graph
-
-def run_loss(make_loss, features, labels, dtype="float32", parameters=None, probe=None):
-    """Builds `make_loss().loss` in a fresh program and scope and runs it on one batch.
-
-    Returns (outputs, parameter values, gradient w.r.t. the features or None). The gradient is of
-    sum(outputs[0] * probe): random probe weights check every output's gradient, not only their sum;
-    probe="sum" takes the plain sum. `parameters` overwrites named parameters after initialisation.
-    """
-    main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
-    with paddle.static.scope_guard(scope), paddle.utils.unique_name.guard(), \
-            paddle.static.program_guard(main, startup):
-        x = paddle.static.data("features", [-1, features.shape[1]], dtype)
-        x.stop_gradient = False
-        y = paddle.static.data("labels", [-1, 1], "int64")
-        loss = make_loss()
-        outputs = loss.loss(x, y)
-        outputs = list(outputs) if loss.has_classifier else [outputs]
-        fetch = list(outputs)
-        feed = {"features": features.astype(dtype), "labels": labels.reshape(-1, 1)}
-        if isinstance(probe, str):
-            fetch += paddle.static.gradients([paddle.sum(outputs[0])], [x])
-        elif probe is not None:
-            weights = paddle.static.data("probe", list(probe.shape), dtype)
-            fetch += paddle.static.gradients([paddle.sum(outputs[0] * weights)], [x])
-            feed["probe"] = probe.astype(dtype)
-        exe = paddle.static.Executor(PLACE)
-        exe.run(startup)
-        for name, value in (parameters or {}).items():
-            scope.find_var(name).get_tensor().set(value.astype(dtype), PLACE)
-        params = {name: np.array(scope.find_var(name).get_tensor()).astype(np.float64)
-                  for name in main.state_dict()}
-        results = exe.run(main, feed=feed, fetch_list=fetch)
-    gradient = results[len(outputs)] if probe is not None else None
-    return results[:len(outputs)], params, gradient
-
-
-def build(name, batch_size, **flag_values):
-    """The registered loss `name` as the training scripts build it: its flags' defaults, `flag_values` over them."""
-    loss_class = losses.LOSSES[name]
-    parser = utility.ArgumentParser()
-    loss_class.add_arguments(parser)
-    return loss_class.from_flags(parser.parse_args(["--%s=%s" % item for item in flag_values.items()]), batch_size)
+from loss_tools import (FEATURE_DIM, PLACE, balanced_labels, build, finite_difference_gradient,  # noqa: F401
+                        np_normalize, ref_circle, ref_contrastive, ref_in_batch, run_loss,
+                        static_mode)  # static_mode: an autouse fixture
 
 
 # ---------------------------------------------------------------- float64 references, written from the formulas
-
-def np_normalize(x):
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
 
 def np_log_softmax(z):
     z = z - z.max(axis=1, keepdims=True)
@@ -166,21 +109,6 @@ def ref_multisimilarity(x, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
 
 
 # ---------------------------------------------------------------- batches
-
-def balanced_labels(num_classes, samples_each_class, rng):
-    """Consecutive groups of samples_each_class images of one class, distinct classes, as the sampler does."""
-    return np.repeat(rng.permutation(100)[:num_classes], samples_each_class).astype(np.int64)
-
-
-def finite_difference_gradient(objective, x, step=1e-6):
-    gradient = np.zeros_like(x)
-    for index in np.ndindex(*x.shape):
-        up, down = x.copy(), x.copy()
-        up[index] += step
-        down[index] -= step
-        gradient[index] = (objective(up) - objective(down)) / (2 * step)
-    return gradient
-
 
 SEEDS = [0, 1, 2]
 # Float64 graphs are not exact to 1e-16: Paddle stores the Python constants of scalar ops (x / c, full_like)
@@ -470,6 +398,170 @@ def test_multisimilarity_anchor_without_positive_or_negative_is_zero():
     assert np.all(loss == 0) and np.all(gradient == 0)
 
 
+# ---------------------------------------------------------------- cosface
+
+def ref_cosface(x, labels, weights, margin, scale):
+    cosine = np_normalize(x) @ np_normalize(weights).T
+    rows = np.arange(len(x))
+    logits = cosine.copy()
+    logits[rows, labels] -= margin
+    log_p = np_log_softmax(scale * logits)
+    return -log_p[rows, labels][:, None], np.exp(log_p)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("margin,scale", [(0.35, 64.0), (0.0, 30.0), (0.5, 16.0)])
+def test_cosface_matches_reference(seed, margin, scale):
+    rng = np.random.default_rng(seed)
+    x, labels = rng.normal(size=(8, FEATURE_DIM)), rng.integers(0, 6, size=8)
+    (loss, prob), params, _ = run_loss(lambda: losses.CosFaceLoss(6, margin=margin, scale=scale), x, labels)
+    ref_loss, ref_prob = ref_cosface(x, labels, params["cosface_weight_norm"], margin, scale)
+    assert params["cosface_weight_norm"].shape == (6, FEATURE_DIM)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=scale * 2e-7)
+    np.testing.assert_allclose(prob, ref_prob, rtol=1e-4, atol=scale * 2e-7)
+
+
+def test_cosface_gradient():
+    rng = np.random.default_rng(20)
+    x, labels, probe = rng.normal(size=(6, 4)), rng.integers(0, 3, size=6), rng.normal(size=(6, 1))
+    _, params, gradient = run_loss(lambda: losses.CosFaceLoss(3), x, labels, dtype="float64", probe=probe)
+    weights = params["cosface_weight_norm"]
+    objective = lambda z: (ref_cosface(z, labels, weights, 0.35, 64.0)[0] * probe).sum()
+    np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- proxyanchor
+
+def ref_proxyanchor(x, labels, proxies, alpha=32.0, delta=0.1):
+    similarity = np_normalize(x) @ np_normalize(proxies).T  # [N, class_dim]
+    positive_terms, negative_terms = [], []
+    for proxy in range(len(proxies)):
+        members = labels == proxy
+        if members.any():
+            positive_terms.append(np.logaddexp.reduce(np.append(-alpha * (similarity[members, proxy] - delta), 0.0)))
+        negative_terms.append(np.logaddexp.reduce(np.append(alpha * (similarity[~members, proxy] + delta), 0.0)))
+    loss = np.sum(positive_terms) / max(len(positive_terms), 1) + np.sum(negative_terms) / len(proxies)
+    return loss, np.exp(np_log_softmax(alpha * similarity))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("labels", [[0, 0, 1, 2, 2, 2, 4, 4], [3, 3, 3, 3, 3, 3, 3, 3], [0, 1, 2, 3, 4, 5, 6, 7]],
+                         ids=["some classes", "one class", "one image each"])
+def test_proxyanchor_matches_reference(seed, labels):
+    rng = np.random.default_rng(seed)
+    x, labels = rng.normal(size=(8, FEATURE_DIM)), np.array(labels)
+    (loss, prob), params, _ = run_loss(lambda: losses.ProxyAnchorLoss(9), x, labels)
+    ref_loss, ref_prob = ref_proxyanchor(x, labels, params["proxyanchor_proxies"])
+    assert np.shape(loss) == () and prob.shape == (8, 9)
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(prob, ref_prob, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha,delta", [(32.0, 0.1), (4.0, -0.3)])
+def test_proxyanchor_gradient(alpha, delta):
+    rng = np.random.default_rng(21)
+    x, labels = rng.normal(size=(6, 4)), np.array([0, 0, 1, 3, 3, 3])
+    make = lambda: losses.ProxyAnchorLoss(5, alpha=alpha, delta=delta)
+    _, params, gradient = run_loss(make, x, labels, dtype="float64", probe=np.array(0.7))
+    objective = lambda z: 0.7 * ref_proxyanchor(z, labels, params["proxyanchor_proxies"], alpha, delta)[0]
+    np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-6, atol=1e-8)
+
+
+def test_proxies_start_as_the_paper_and_learn_at_their_own_rate():
+    """Kaiming normal over the class_dim fan; one Momentum step moves them lr * lr_mult * (gradient + decay * p)."""
+    class_dim, dim, lr, decay = 400, 64, 0.01, 1e-4
+    rng = np.random.default_rng(22)
+    x, labels = rng.normal(size=(8, dim)).astype("float32"), rng.integers(0, class_dim, size=(8, 1))
+    main, startup, scope = paddle.static.Program(), paddle.static.Program(), paddle.static.Scope()
+    with paddle.static.scope_guard(scope), paddle.utils.unique_name.guard(), \
+            paddle.static.program_guard(main, startup):
+        feature = paddle.static.data("features", [-1, dim], "float32")
+        label = paddle.static.data("labels", [-1, 1], "int64")
+        loss, _ = losses.ProxyAnchorLoss(class_dim, lr_mult=100.0).loss(feature, label)
+        optimizer = paddle.optimizer.Momentum(lr, momentum=0.9, weight_decay=paddle.regularizer.L2Decay(decay))
+        params_grads = optimizer.backward(loss)
+        optimizer.apply_gradients(params_grads)
+        (proxy_gradient,) = [grad for param, grad in params_grads if param.name == "proxyanchor_proxies"]
+        exe = paddle.static.Executor(PLACE)
+        exe.run(startup)
+        before = np.array(scope.find_var("proxyanchor_proxies").get_tensor())
+        (gradient,) = exe.run(main, feed={"features": x, "labels": labels}, fetch_list=[proxy_gradient])
+        after = np.array(scope.find_var("proxyanchor_proxies").get_tensor())
+    assert before.std() == pytest.approx(math.sqrt(2.0 / class_dim), rel=0.05) and abs(before.mean()) < 1e-3
+    np.testing.assert_allclose(before - after, lr * 100.0 * (gradient + decay * before), rtol=1e-4, atol=2e-8)
+    assert np.abs(gradient).max() > 0
+
+
+# ---------------------------------------------------------------- contrastive and circle
+
+PAIR_LABEL_CASES = {
+    "balanced": [0, 0, 1, 1, 2, 2, 3, 3],
+    "a class with one image": [0, 0, 0, 1, 2, 2, 3, 4],
+    "all one class": [5, 5, 5, 5, 5, 5, 5, 5],
+}
+
+
+def clustered(labels, rng, spread=1.0):
+    """Embeddings near one axis per class, so that some pairs are easy and some hard."""
+    return spread * rng.normal(size=(len(labels), FEATURE_DIM)) + 1.5 * np.eye(FEATURE_DIM)[np.array(labels) % 5]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", PAIR_LABEL_CASES)
+@pytest.mark.parametrize("parameters", [{}, dict(pos_margin=0.8, neg_margin=-0.2)])
+def test_contrastive_matches_reference(seed, case, parameters):
+    rng = np.random.default_rng(seed)
+    labels = np.array(PAIR_LABEL_CASES[case])
+    x = clustered(labels, rng)
+    (loss,), _, _ = run_loss(lambda: losses.ContrastiveLoss(8, 2, **parameters), x, labels)
+    assert loss.shape == (8, 1)
+    np.testing.assert_allclose(loss, ref_in_batch(ref_contrastive, x, labels, **parameters), rtol=1e-5, atol=1e-6)
+
+
+def test_contrastive_gradient():
+    rng = np.random.default_rng(23)
+    labels, probe = np.array(PAIR_LABEL_CASES["a class with one image"]), rng.normal(size=(8, 1))
+    x = clustered(labels, rng)
+    _, _, gradient = run_loss(lambda: losses.ContrastiveLoss(8, 2, neg_margin=0.0), x, labels, dtype="float64",
+                              probe=probe)
+    objective = lambda z: (ref_in_batch(ref_contrastive, z, labels, neg_margin=0.0) * probe).sum()
+    np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", PAIR_LABEL_CASES)
+@pytest.mark.parametrize("parameters", [{}, dict(margin=0.25, gamma=256.0)])
+def test_circle_matches_reference(seed, case, parameters):
+    rng = np.random.default_rng(seed)
+    labels = np.array(PAIR_LABEL_CASES[case])
+    x = clustered(labels, rng)
+    (loss,), _, _ = run_loss(lambda: losses.CircleLoss(8, 2, **parameters), x, labels)
+    reference = ref_in_batch(ref_circle, x, labels, **parameters)
+    assert loss.shape == (8, 1) and (case == "all one class" or reference.max() > 0)
+    # gamma multiplies float32's ~1e-7 error in the similarities
+    np.testing.assert_allclose(loss, reference, rtol=1e-5, atol=parameters.get("gamma", 80.0) * 2e-7)
+
+
+def test_circle_gradient_holds_the_weights_constant():
+    rng = np.random.default_rng(24)
+    labels, probe = np.array(PAIR_LABEL_CASES["a class with one image"]), rng.normal(size=(8, 1))
+    x = clustered(labels, rng)
+    make = lambda: losses.CircleLoss(8, 2, margin=0.25, gamma=4.0)
+    _, _, gradient = run_loss(make, x, labels, dtype="float64", probe=probe)
+    constants = np_normalize(x) @ np_normalize(x).T
+    objective = lambda z: (ref_in_batch(ref_circle, z, labels, margin=0.25, gamma=4.0, constants=constants)
+                           * probe).sum()
+    np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-6, atol=1e-8)
+
+
+def test_circle_query_without_positive_or_negative_is_zero():
+    x = np.random.default_rng(25).normal(size=(4, FEATURE_DIM))
+    (loss,), _, gradient = run_loss(lambda: losses.CircleLoss(4, 2), x, np.array([0, 0, 1, 2]), probe="sum")
+    assert np.all(loss[2:] == 0) and np.all(loss[:2] > 0) and np.isfinite(gradient).all()
+    (loss,), _, gradient = run_loss(lambda: losses.CircleLoss(4, 2), x, np.array([7, 7, 7, 7]), probe="sum")
+    assert np.all(loss == 0) and np.all(gradient == 0)
+
+
 # ---------------------------------------------------------------- identical features
 
 @pytest.mark.parametrize("name", sorted(losses.LOSSES))
@@ -586,8 +678,10 @@ def test_check_labels_accepts_labels_below_class_dim():
 
 
 def test_registry_describes_each_loss():
-    assert losses.names(has_classifier=True) == ["softmax", "arcmargin"]  # train_elem.py's, as the original
-    assert losses.names(has_classifier=False)[:4] == ["triplet", "quadruplet", "eml", "npairs"]
+    # train_elem.py's and train_pair.py's, the original's first
+    assert losses.names(has_classifier=True) == ["softmax", "arcmargin", "cosface", "proxyanchor"]
+    assert losses.names(has_classifier=False) == ["triplet", "quadruplet", "eml", "npairs", "multisimilarity",
+                                                  "contrastive", "circle"]
     for name, loss_class in losses.LOSSES.items():
         assert loss_class.name == name and issubclass(loss_class, losses.Loss)
         assert loss_class.batch_layout in samplers.BATCH_LAYOUTS
@@ -627,6 +721,10 @@ TRAINING = {
     "eml": ({"samples_each_class": 3}, 0.02),
     "npairs": ({}, 0.01),
     "multisimilarity": ({"samples_each_class": 3}, 0.05),
+    "cosface": ({"class_dim": NUM_CLASSES}, 0.01),
+    "proxyanchor": ({"class_dim": NUM_CLASSES}, 0.01),
+    "contrastive": ({"samples_each_class": 3}, 0.05),
+    "circle": ({"samples_each_class": 3}, 0.01),
 }
 
 

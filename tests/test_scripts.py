@@ -20,7 +20,7 @@ import reader
 import train_elem
 import train_pair
 import utility
-from core import samplers
+from core import samplers, weights
 
 import script_tools
 from script_tools import ROOT, train_flags
@@ -40,6 +40,11 @@ def logged_losses(output):
     (train_pair, "eml", {}),
     (train_pair, "npairs", {}),
     (train_pair, "multisimilarity", {"ms_epsilon": 2.5}),
+    (train_elem, "cosface", {"class_dim": 12, "cos_scale": 16}),
+    (train_elem, "proxyanchor", {"class_dim": 12}),
+    (train_pair, "contrastive", {}),
+    (train_pair, "circle", {}),
+    (train_pair, "triplet", {"miner": "batch_hard"}),
 ])
 def test_each_loss_trains_through_its_script(toy_root, tmp_path, capsys, script, loss_name, extra):
     script.main(train_flags(toy_root, tmp_path, loss_name, 2, test_iter_step=2, **extra))
@@ -70,6 +75,20 @@ def test_resume_continues_the_same_loss_sequence(toy_root, tmp_path, capsys):
     assert first_half + logged_losses(output) == straight
     state = json.load(open(tmp_path / "split" / "ResNet18" / "4" / "trainer_state.json"))
     assert state["iteration"] == 4 and state["lr_scheduler"]["last_epoch"] == 4
+
+
+def test_resume_with_the_cross_batch_memory_continues_the_same_loss_sequence(toy_root, tmp_path, capsys):
+    """The memory (two batches, filled from iteration 2 on) is in the checkpoint and comes back exactly."""
+    memory = dict(loss_name="contrastive", xbm_size=12, xbm_start_iter=1, contrastive_neg_margin=0.0)
+    train_pair.main(train_flags(toy_root, tmp_path / "straight", iterations=4, **memory))
+    straight = logged_losses(capsys.readouterr().out)
+    train_pair.main(train_flags(toy_root, tmp_path / "split", iterations=2, **memory))
+    first_half = logged_losses(capsys.readouterr().out)
+    saved = weights.read_program_state(str(tmp_path / "split" / "ResNet18" / "2" / "model"))
+    assert (saved["xbm_labels"] >= 0).sum() == 6 and saved["xbm_step"].tolist() == [2]  # iteration 2's batch
+    train_pair.main(train_flags(toy_root, tmp_path / "split", iterations=4,
+                                checkpoint=tmp_path / "split" / "ResNet18" / "2", **memory))
+    assert first_half + logged_losses(capsys.readouterr().out) == straight
 
 
 def logged_learning_rates(output):
@@ -230,8 +249,10 @@ def test_exported_model_gives_infer_features(toy_root, trained_checkpoint, tmp_p
 
 
 @pytest.mark.parametrize("script, flags", [
-    ("train_elem.py", ["--loss_name", "--arc_margin", "--class_dim", "--lr_steps", "--checkpoint"]),
-    ("train_pair.py", ["--loss_name", "--samples_each_class", "--margin", "--npairs_reg_lambda"]),
+    ("train_elem.py", ["--loss_name", "--arc_margin", "--class_dim", "--lr_steps", "--checkpoint", "--cos_margin",
+                       "--proxy_lr_mult"]),
+    ("train_pair.py", ["--loss_name", "--samples_each_class", "--margin", "--npairs_reg_lambda", "--miner",
+                       "--xbm_size", "--xbm_start_iter", "--contrastive_neg_margin", "--circle_gamma"]),
     ("eval.py", ["--batch_size", "--recall_k", "--pretrained_model"]),
     ("infer.py", ["--batch_size", "--save_features"]),
     ("export_model.py", ["--model_save_dir", "--pretrained_model"]),
@@ -258,6 +279,19 @@ def test_every_script_has_help(script, flags):
     (train_pair, ["--loss_name=eml", "--train_batch_size=7"], "--train_batch_size=7 is not divisible"),
     (train_pair, ["--loss_name=triplet", "--train_batch_size=8"], "--train_batch_size=8 is not divisible by 3"),
     (eval_script, ["--recall_k=0"], "--recall_k: needs positive integers"),
+    (train_elem, ["--loss_name=proxyanchor", "--proxy_lr_mult=0"], "--proxy_lr_mult: must be positive"),
+    (train_elem, ["--loss_name=cosface", "--cos_margin=-0.1"], "--cos_margin: must not be negative"),
+    (train_pair, ["--loss_name=circle", "--circle_margin=1.5"], "--circle_margin: must be in [0, 1)"),
+    (train_pair, ["--loss_name=contrastive", "--contrastive_neg_margin=2"], "--contrastive_neg_margin: must be a "
+                                                                             "cosine similarity in [-1, 1]"),
+    (train_pair, ["--loss_name=triplet", "--miner=hardest"], "--miner: 'hardest' is not one of none, batch_hard"),
+    (train_pair, ["--loss_name=contrastive", "--miner=all"], "--miner=all: not a flag of the contrastive loss"),
+    (train_pair, ["--loss_name=eml", "--xbm_size=512"], "--xbm_size=512: not a flag of the eml loss; it works with "
+                                                        "triplet, multisimilarity, contrastive, circle"),
+    (train_pair, ["--loss_name=circle", "--xbm_size=100"], "--xbm_size=100 is smaller than --train_batch_size=120"),
+    (train_pair, ["--loss_name=triplet", "--xbm_size=1200"], "--xbm_size=1200: the triplet loss keeps a memory only "
+                                                             "with --miner="),
+    (train_pair, ["--loss_name=multisimilarity", "--xbm_weight=0"], "--xbm_weight: must be positive"),
 ])
 def test_invalid_flags_exit_2_naming_the_flag(capsys, script, flags, message):
     with pytest.raises(SystemExit) as caught:
