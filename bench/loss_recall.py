@@ -116,7 +116,7 @@ def run_flags(args, script, flags, seed, save_dir, start_checkpoint):
         if losses.LOSSES[flags["loss_name"]].batch_layout != losses.TRIPLETS or "miner" in flags:
             common += ["--samples_each_class=%d" % (2 if flags["loss_name"] == "npairs" else args.samples_each_class)]
     common += ["--lr=%g" % lr, "--lr_steps=%d" % max(1, iterations * 3 // 4), "--total_iter_num=%d" % iterations,
-               "--test_iter_step=%d" % (iterations + 1), "--save_iter_step=%d" % iterations]
+               "--test_iter_step=0", "--save_iter_step=%d" % iterations]
     return common + ["--%s=%s" % item for item in flags.items()], iterations
 
 
