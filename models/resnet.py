@@ -21,6 +21,11 @@ blocks), so published ImageNet weights load by name:
 
 Batch norm: epsilon 1e-5, momentum 0.9 (the Fluid defaults). ``net(..., is_test=True)`` makes it use the moving
 averages; calling ``program.set_is_test_attr()`` on a program built with ``is_test=False`` has the same effect.
+
+``net(..., data_format="NHWC")`` keeps the activations channels-last from the first convolution on (the input stays
+an NCHW image, transposed once): the same network with the same parameters, names and shapes (convolution weights
+stay OIHW), only the activations' memory order differs. Training on oneDNN uses it (onednn.py): oneDNN's forward
+convolutions read and write channels-last, so batch norm, relu and pooling then need no layout conversion.
 """
 import paddle
 import paddle.nn.functional as F
@@ -33,6 +38,8 @@ BN_MOMENTUM = 0.9
 STAGE_WIDTHS = (64, 128, 256, 512)
 BOTTLENECK_EXPANSION = 4
 
+DATA_FORMATS = ("NCHW", "NHWC")
+
 # depth -> (blocks per stage, uses bottleneck blocks)
 RESNET_DEPTHS = {
     18: ((2, 2, 2, 2), False),
@@ -43,19 +50,33 @@ RESNET_DEPTHS = {
 }
 
 
-def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, groups=1, relu=False, is_test=False):
+def channels(x, data_format="NCHW"):
+    """The channel count of a 4-D activation in `data_format`."""
+    return x.shape[3] if data_format == "NHWC" else x.shape[1]
+
+
+def to_data_format(image, data_format):
+    """The network's input, an NCHW image batch, in the activations' `data_format`."""
+    if data_format not in DATA_FORMATS:
+        raise ValueError("data_format must be one of %s, got %r" % (", ".join(DATA_FORMATS), data_format))
+    return paddle.transpose(image, [0, 2, 3, 1]) if data_format == "NHWC" else image
+
+
+def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, groups=1, relu=False, is_test=False,
+                  data_format="NCHW"):
     """Bias-free convolution (``<conv_name>_weights``) followed by batch norm named ``bn_name``; optional relu.
 
     Padding keeps the spatial size for stride 1. ``is_test`` puts the batch norm in inference mode (moving averages).
+    ``x`` and the result are in ``data_format``; the weights are OIHW in either.
     """
     conv = nn.Conv2D(
-        x.shape[1], num_filters, filter_size, stride=stride, padding=(filter_size - 1) // 2, groups=groups,
-        weight_attr=ParamAttr(name=conv_name + "_weights"), bias_attr=False)
+        channels(x, data_format), num_filters, filter_size, stride=stride, padding=(filter_size - 1) // 2,
+        groups=groups, weight_attr=ParamAttr(name=conv_name + "_weights"), bias_attr=False, data_format=data_format)
     # BatchNorm2D's `name` is what names the running statistics <bn_name>_mean / <bn_name>_variance.
     batch_norm = nn.BatchNorm2D(
         num_filters, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
         weight_attr=ParamAttr(name=bn_name + "_scale"), bias_attr=ParamAttr(name=bn_name + "_offset"),
-        name=bn_name)
+        name=bn_name, data_format=data_format)
     if is_test:
         batch_norm.eval()
     y = conv(x)
@@ -66,9 +87,9 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
     return F.relu(y) if relu else y
 
 
-def global_pool_and_embed(x, embedding_size):
+def global_pool_and_embed(x, embedding_size, data_format="NCHW"):
     """Adaptive global average pooling to [N, C]; with ``embedding_size > 0`` a fully connected layer on top."""
-    pooled = paddle.flatten(nn.AdaptiveAvgPool2D(1)(x), start_axis=1)
+    pooled = paddle.flatten(nn.AdaptiveAvgPool2D(1, data_format=data_format)(x), start_axis=1)
     if embedding_size <= 0:
         return pooled
     # Xavier-uniform weights and zero bias: the defaults of the Fluid fc layer the original used here.
@@ -84,33 +105,36 @@ def _resnet_bn_name(conv_name):
     return "bn_" + conv_name if conv_name == "conv1" else "bn" + conv_name[len("res"):]
 
 
-def _resnet_conv_bn(x, num_filters, filter_size, name, stride=1, relu=False, is_test=False):
+def _resnet_conv_bn(x, num_filters, filter_size, name, stride=1, relu=False, is_test=False, data_format="NCHW"):
     """``conv_bn_layer`` with the batch norm named after the conv, ResNet style."""
     return conv_bn_layer(x, num_filters, filter_size, name, _resnet_bn_name(name), stride=stride, relu=relu,
-                         is_test=is_test)
+                         is_test=is_test, data_format=data_format)
 
 
-def _shortcut(x, num_filters, stride, name, is_test):
+def _shortcut(x, num_filters, stride, name, is_test, data_format):
     """Identity when shapes match, else a strided 1x1 projection ``<name>_branch1``."""
-    if x.shape[1] == num_filters and stride == 1:
+    if channels(x, data_format) == num_filters and stride == 1:
         return x
-    return _resnet_conv_bn(x, num_filters, 1, name + "_branch1", stride=stride, is_test=is_test)
+    return _resnet_conv_bn(x, num_filters, 1, name + "_branch1", stride=stride, is_test=is_test,
+                           data_format=data_format)
 
 
-def basic_block(x, width, stride, name, is_test):
+def basic_block(x, width, stride, name, is_test, data_format="NCHW"):
     """Two 3x3 convs (ResNet18/34); the first one strides."""
-    y = _resnet_conv_bn(x, width, 3, name + "_branch2a", stride=stride, relu=True, is_test=is_test)
-    y = _resnet_conv_bn(y, width, 3, name + "_branch2b", is_test=is_test)
-    return F.relu(_shortcut(x, width, stride, name, is_test) + y)
+    y = _resnet_conv_bn(x, width, 3, name + "_branch2a", stride=stride, relu=True, is_test=is_test,
+                        data_format=data_format)
+    y = _resnet_conv_bn(y, width, 3, name + "_branch2b", is_test=is_test, data_format=data_format)
+    return F.relu(y + _shortcut(x, width, stride, name, is_test, data_format))
 
 
-def bottleneck_block(x, width, stride, name, is_test):
+def bottleneck_block(x, width, stride, name, is_test, data_format="NCHW"):
     """1x1 reduce, 3x3 (strided, as in the original), 1x1 expand by 4 (ResNet50/101/152)."""
     out_channels = width * BOTTLENECK_EXPANSION
-    y = _resnet_conv_bn(x, width, 1, name + "_branch2a", relu=True, is_test=is_test)
-    y = _resnet_conv_bn(y, width, 3, name + "_branch2b", stride=stride, relu=True, is_test=is_test)
-    y = _resnet_conv_bn(y, out_channels, 1, name + "_branch2c", is_test=is_test)
-    return F.relu(_shortcut(x, out_channels, stride, name, is_test) + y)
+    y = _resnet_conv_bn(x, width, 1, name + "_branch2a", relu=True, is_test=is_test, data_format=data_format)
+    y = _resnet_conv_bn(y, width, 3, name + "_branch2b", stride=stride, relu=True, is_test=is_test,
+                        data_format=data_format)
+    y = _resnet_conv_bn(y, out_channels, 1, name + "_branch2c", is_test=is_test, data_format=data_format)
+    return F.relu(y + _shortcut(x, out_channels, stride, name, is_test, data_format))
 
 
 def resnet_block_name(layers, stage, block_index):
@@ -128,24 +152,27 @@ class ResNet:
             raise ValueError("ResNet depth must be one of %s, got %r" % (sorted(RESNET_DEPTHS), layers))
         self.layers = layers
 
-    def net(self, input, embedding_size=0, is_test=False):
+    def net(self, input, embedding_size=0, is_test=False, data_format="NCHW"):
         """Build the network on ``input`` (float32 NCHW) and return the feature.
 
         Returns [N, 512] (ResNet18/34) or [N, 2048] (deeper) pooled features, or [N, embedding_size] when
-        ``embedding_size > 0``. ``is_test=True`` makes batch norm use its moving averages.
+        ``embedding_size > 0``. ``is_test=True`` makes batch norm use its moving averages. ``data_format`` is the
+        activations' layout (the input is NCHW either way).
         """
         blocks_per_stage, use_bottleneck = RESNET_DEPTHS[self.layers]
         block_fn = bottleneck_block if use_bottleneck else basic_block
 
-        x = _resnet_conv_bn(input, 64, 7, "conv1", stride=2, relu=True, is_test=is_test)
-        x = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)(x)
+        x = to_data_format(input, data_format)
+        x = _resnet_conv_bn(x, 64, 7, "conv1", stride=2, relu=True, is_test=is_test, data_format=data_format)
+        x = nn.MaxPool2D(kernel_size=3, stride=2, padding=1, data_format=data_format)(x)
         # Stages are numbered 2..5 after the stem ("conv1"); every stage but the first halves the resolution.
         for stage_index, (num_blocks, width) in enumerate(zip(blocks_per_stage, STAGE_WIDTHS)):
             stage = stage_index + 2
             for block_index in range(num_blocks):
                 stride = 2 if block_index == 0 and stage_index > 0 else 1
-                x = block_fn(x, width, stride, resnet_block_name(self.layers, stage, block_index), is_test)
-        return global_pool_and_embed(x, embedding_size)
+                x = block_fn(x, width, stride, resnet_block_name(self.layers, stage, block_index), is_test,
+                             data_format)
+        return global_pool_and_embed(x, embedding_size, data_format)
 
 
 def ResNet18():

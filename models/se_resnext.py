@@ -29,7 +29,7 @@ import paddle
 import paddle.nn.functional as F
 from paddle import ParamAttr, nn
 
-from .resnet import conv_bn_layer, global_pool_and_embed
+from .resnet import channels, conv_bn_layer, global_pool_and_embed, to_data_format
 
 BLOCK_WIDTHS = (128, 256, 512, 1024)
 BLOCK_EXPANSION = 2
@@ -43,9 +43,9 @@ SE_RESNEXT_DEPTHS = {
 }
 
 
-def _conv_bn(x, num_filters, filter_size, name, stride=1, groups=1, relu=False, is_test=False):
+def _conv_bn(x, num_filters, filter_size, name, stride=1, groups=1, relu=False, is_test=False, data_format="NCHW"):
     return conv_bn_layer(x, num_filters, filter_size, name, name + "_bn", stride=stride, groups=groups, relu=relu,
-                         is_test=is_test)
+                         is_test=is_test, data_format=data_format)
 
 
 def _uniform_fc(in_features, out_features, name):
@@ -57,26 +57,28 @@ def _uniform_fc(in_features, out_features, name):
         bias_attr=ParamAttr(name=name + "_offset"))
 
 
-def squeeze_excitation(x, name):
+def squeeze_excitation(x, name, data_format="NCHW"):
     """Rescale each channel of ``x`` by a gate computed from its global average."""
-    channels = x.shape[1]
-    squeezed = paddle.flatten(nn.AdaptiveAvgPool2D(1)(x), start_axis=1)
-    hidden = F.relu(_uniform_fc(channels, channels // SE_REDUCTION, name + "_sqz")(squeezed))
-    gate = F.sigmoid(_uniform_fc(channels // SE_REDUCTION, channels, name + "_exc")(hidden))
-    return x * paddle.unsqueeze(gate, axis=[2, 3])
+    num_channels = channels(x, data_format)
+    squeezed = paddle.flatten(nn.AdaptiveAvgPool2D(1, data_format=data_format)(x), start_axis=1)
+    hidden = F.relu(_uniform_fc(num_channels, num_channels // SE_REDUCTION, name + "_sqz")(squeezed))
+    gate = F.sigmoid(_uniform_fc(num_channels // SE_REDUCTION, num_channels, name + "_exc")(hidden))
+    return x * paddle.unsqueeze(gate, axis=[1, 2] if data_format == "NHWC" else [2, 3])
 
 
-def se_bottleneck_block(x, width, stride, cardinality, name, is_test):
+def se_bottleneck_block(x, width, stride, cardinality, name, is_test, data_format="NCHW"):
     """ResNeXt bottleneck with squeeze-excitation; ``name`` is ``<stage>_<block>``."""
     out_channels = width * BLOCK_EXPANSION
-    y = _conv_bn(x, width, 1, "conv%s_x1" % name, relu=True, is_test=is_test)
-    y = _conv_bn(y, width, 3, "conv%s_x2" % name, stride=stride, groups=cardinality, relu=True, is_test=is_test)
-    y = _conv_bn(y, out_channels, 1, "conv%s_x3" % name, is_test=is_test)
-    y = squeeze_excitation(y, "fc" + name)
-    if x.shape[1] == out_channels and stride == 1:
+    y = _conv_bn(x, width, 1, "conv%s_x1" % name, relu=True, is_test=is_test, data_format=data_format)
+    y = _conv_bn(y, width, 3, "conv%s_x2" % name, stride=stride, groups=cardinality, relu=True, is_test=is_test,
+                 data_format=data_format)
+    y = _conv_bn(y, out_channels, 1, "conv%s_x3" % name, is_test=is_test, data_format=data_format)
+    y = squeeze_excitation(y, "fc" + name, data_format)
+    if channels(x, data_format) == out_channels and stride == 1:
         shortcut = x
     else:
-        shortcut = _conv_bn(x, out_channels, 1, "conv%s_prj" % name, stride=stride, is_test=is_test)
+        shortcut = _conv_bn(x, out_channels, 1, "conv%s_prj" % name, stride=stride, is_test=is_test,
+                            data_format=data_format)
     return F.relu(shortcut + y)
 
 
@@ -88,28 +90,30 @@ class SE_ResNeXt:
             raise ValueError("SE_ResNeXt depth must be one of %s, got %r" % (sorted(SE_RESNEXT_DEPTHS), layers))
         self.layers = layers
 
-    def net(self, input, embedding_size=0, is_test=False):
+    def net(self, input, embedding_size=0, is_test=False, data_format="NCHW"):
         """Build the network on ``input`` (float32 NCHW) and return the feature.
 
         Returns [N, 2048] pooled features, or [N, embedding_size] when ``embedding_size > 0``.
-        ``is_test=True`` makes batch norm use its moving averages.
+        ``is_test=True`` makes batch norm use its moving averages. ``data_format`` is the activations' layout (the
+        input is NCHW either way).
         """
         blocks_per_stage, cardinality, deep_stem = SE_RESNEXT_DEPTHS[self.layers]
+        x = to_data_format(input, data_format)
         if deep_stem:
-            x = _conv_bn(input, 64, 3, "conv1", stride=2, relu=True, is_test=is_test)
-            x = _conv_bn(x, 64, 3, "conv2", relu=True, is_test=is_test)
-            x = _conv_bn(x, 128, 3, "conv3", relu=True, is_test=is_test)
+            x = _conv_bn(x, 64, 3, "conv1", stride=2, relu=True, is_test=is_test, data_format=data_format)
+            x = _conv_bn(x, 64, 3, "conv2", relu=True, is_test=is_test, data_format=data_format)
+            x = _conv_bn(x, 128, 3, "conv3", relu=True, is_test=is_test, data_format=data_format)
             first_stage = 4
         else:
-            x = _conv_bn(input, 64, 7, "conv1", stride=2, relu=True, is_test=is_test)
+            x = _conv_bn(x, 64, 7, "conv1", stride=2, relu=True, is_test=is_test, data_format=data_format)
             first_stage = 2
-        x = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)(x)
+        x = nn.MaxPool2D(kernel_size=3, stride=2, padding=1, data_format=data_format)(x)
         for stage_index, (num_blocks, width) in enumerate(zip(blocks_per_stage, BLOCK_WIDTHS)):
             for block_index in range(num_blocks):
                 stride = 2 if block_index == 0 and stage_index > 0 else 1
                 name = "%d_%d" % (first_stage + stage_index, block_index + 1)
-                x = se_bottleneck_block(x, width, stride, cardinality, name, is_test)
-        return global_pool_and_embed(x, embedding_size)
+                x = se_bottleneck_block(x, width, stride, cardinality, name, is_test, data_format)
+        return global_pool_and_embed(x, embedding_size, data_format)
 
 
 def SE_ResNeXt50_32x4d():

@@ -285,3 +285,35 @@ def test_conv_bn_layer_matches_numpy(is_test):
         np.testing.assert_allclose(moving_mean, 0.9 * values["bn_conv1_mean"] + 0.1 * batch_mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             moving_variance, 0.9 * values["bn_conv1_variance"] + 0.1 * batch_variance, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ResNet18", "ResNet50", "SE_ResNeXt50_32x4d"])
+def test_channels_last_network_has_the_same_parameters_and_features(name):
+    """data_format="NHWC" (training on oneDNN) changes the activations' layout only: same parameter names and shapes
+    (weights stay OIHW, so checkpoints load either way), same features from the same weights."""
+    programs_by_format = {}
+    for data_format in ("NCHW", "NHWC"):
+        main, startup = paddle.static.Program(), paddle.static.Program()
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+            image = paddle.static.data("image", [-1, 3, 32, 32], "float32")
+            # Batch norm on its moving averages: batch statistics of 4 images at 1x1 (ResNet50's last stage at 32
+            # px) would amplify float32 rounding far beyond any tolerance.
+            feature = models.get_model(name).net(image, embedding_size=8, is_test=True, data_format=data_format)
+        programs_by_format[data_format] = (main, startup, feature)
+    assert parameters(programs_by_format["NHWC"][0]) == parameters(programs_by_format["NCHW"][0])
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(programs_by_format["NCHW"][1])  # the NHWC program reads the same variables
+        images = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype("float32")
+        features = {data_format: executor.run(main, feed={"image": images}, fetch_list=[feature])[0]
+                    for data_format, (main, _, feature) in programs_by_format.items()}
+    np.testing.assert_allclose(features["NHWC"], features["NCHW"], rtol=1e-4,
+                               atol=1e-5 * np.abs(features["NCHW"]).max())
+
+
+def test_unknown_data_format_is_rejected():
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(main, startup):
+        image = paddle.static.data("image", [-1, 3, 32, 32], "float32")
+        with pytest.raises(ValueError, match="data_format"):
+            models.get_model("ResNet18").net(image, data_format="NDHW")
