@@ -1,18 +1,22 @@
-"""oneDNN on CPU: the convolutions of a training program, and Paddle Inference's predictor for feature extraction.
+"""oneDNN on CPU: the convolutions and max pooling of a training program, and Paddle Inference's predictor for
+feature extraction.
 
 Paddle 3.3.1's own switch, `FLAGS_use_mkldnn`, is read when the executor first lowers a program to kernels and moves
 every op that has a oneDNN kernel onto oneDNN. Forward-only programs come out right and fast; training programs do
 not (measured on this suite's programs, details in docs/benchmarks.md, "Why not Paddle's own switch"):
-`pool2d_grad` of max pooling fails (`dnnl::error`: the gradient arrives in another memory layout than the forward
-pass's workspace), `subtract_grad` and `divide_grad` return wrong gradients, `multiply`, `add` and `add_n` raise in
-some backward passes, and with the in-place pass on, an op placed after a oneDNN op can overwrite that op's output.
+`subtract_grad` and `divide_grad` return wrong gradients, `multiply`, `add` and `add_n` raise in some backward
+passes, and with the in-place pass on, an op placed after a oneDNN op can overwrite that op's output.
 
-Almost all of the time goes into convolutions, so `place_on_onednn` moves only those of a training program: it
-rewrites each float32 `pd_op.conv2d` and `pd_op.conv2d_grad` into `onednn_op.conv2d` / `onednn_op.conv2d_grad`, the
-same operation with the same attributes in Paddle's oneDNN dialect. The executor then runs exactly those ops with
-oneDNN kernels and every other op (batch norm, pooling, the losses, the optimizer) with the default CPU kernels, in
-that program only and with the global flag off. The network's mathematics is unchanged; results differ from the
-default kernels by float32 rounding.
+Almost all of the time goes into convolutions, so `place_on_onednn` moves only those of a training program and its
+max pooling: it rewrites each float32 `pd_op.conv2d` / `pd_op.conv2d_grad` and max-pooling `pd_op.pool2d` /
+`pd_op.pool2d_grad` into the `onednn_op.` op of the same name, the same operation with the same attributes in
+Paddle's oneDNN dialect. The executor then runs exactly those ops with oneDNN kernels and every other op (batch norm,
+relu, the losses, the optimizer) with the default CPU kernels, in that program only and with the global flag off.
+The network's mathematics is unchanged; results differ from the default kernels by float32 rounding.
+
+Such a program is built channels-last (`training_data_format`, models/resnet.py): oneDNN's forward convolutions
+read and write NHWC whatever the network's layout, so in an NCHW network every convolution output is converted to
+NCHW for batch norm and back, a third of a step's layout conversions; in NHWC they are shared as they are.
 
 Features (eval.py, infer.py and the training scripts' periodic test) go through `InferenceExecutor`: Paddle
 Inference's predictor, which folds batch norm into the convolutions and fuses relu and the residual additions into
@@ -28,17 +32,27 @@ from paddle.base.libpaddle.pir import get_op_inplace_info
 
 import utility
 
+# The layout of the activations of a training program whose convolutions run on oneDNN (see the module docstring).
+DATA_FORMAT = "NHWC"
 CONV_ATTRIBUTES = ("strides", "paddings", "padding_algorithm", "dilations", "groups", "data_format")
+POOL_ATTRIBUTES = ("strides", "paddings", "ceil_mode", "exclusive", "data_format", "pooling_type", "global_pooling",
+                   "adaptive", "padding_algorithm")
+ONEDNN_EXTRA = {"mkldnn_data_type": "float32", "onednn_data_type": "", "use_quantizer": False, "is_test": False}
 # op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them).
-# Measured on this suite's ResNets (docs/benchmarks.md): oneDNN's batch-norm gradient is slow, its batch-norm forward
-# pass does not fit Paddle's gradient, and oneDNN relu made steps slower and changed the losses; convolutions alone are
-# fastest.
+# Measured on this suite's ResNets (docs/benchmarks.md): oneDNN's batch norm keeps its own saved statistics and leaves the running
+# averages unchanged, and oneDNN relu made steps slower and changed the losses; convolutions and max pooling it is.
 OPS = {
     "conv2d": (("input", "filter"), ("out",), CONV_ATTRIBUTES,
                {"mkldnn_data_type": "float32", "onednn_data_type": "", "is_test": False, "force_fp32_output": False}),
     "conv2d_grad": (("input", "filter", "out_grad"), ("input_grad", "filter_grad"), CONV_ATTRIBUTES,
                     {"is_test": False}),
+    "pool2d": (("x", "kernel_size"), ("out",), POOL_ATTRIBUTES, ONEDNN_EXTRA),
+    # The oneDNN gradient takes the kernel size as an attribute, not as the tensor Paddle's does.
+    "pool2d_grad": (("x", "out", "out_grad"), ("x_grad",), POOL_ATTRIBUTES, ONEDNN_EXTRA),
 }
+# The convolution gradients that run on oneDNN: the rewritten float32 ones, and bfloat16 (AMP) ones, which have no
+# other CPU kernel.
+CONV_GRADIENT_OPS = ("onednn_op.conv2d_grad", "pd_op.conv2d_grad")
 
 
 def available():
@@ -50,8 +64,19 @@ def wanted(use_gpu, use_mkldnn):
     return use_mkldnn and not use_gpu and available()
 
 
+def training_data_format(use_gpu, use_mkldnn, amp_dtype=None):
+    """The activations' layout for a training program: `DATA_FORMAT` when its convolutions run on oneDNN (with
+    --use_mkldnn, or bfloat16 AMP on a CPU, which has no other bfloat16 convolution), else NCHW.
+
+    All of a process's oneDNN training programs must share one layout: the executor reads oneDNN results back into
+    the layout of the last NHWC tensor a oneDNN kernel took in that thread, and never goes back to NCHW.
+    """
+    on_onednn = not use_gpu and available() and (use_mkldnn or amp_dtype == "bfloat16")
+    return DATA_FORMAT if on_onednn else "NCHW"
+
+
 def _float32_images_only(input_name):
-    """Only float32 NCHW images: bfloat16 (AMP) convolutions already run on oneDNN with other extra attributes."""
+    """Only float32 images: bfloat16 (AMP) convolutions already run on oneDNN with other extra attributes."""
     def constraint(match):
         tensor = match.Tensor(input_name)
         return tensor.dtype == paddle.float32 and len(tensor.shape) == 4
@@ -62,41 +87,90 @@ def _attribute(result, value):
     return result.BoolAttr(value) if isinstance(value, bool) else result.StrAttr(value)
 
 
-def _rewrite_pattern(op_name):
+def _rewrite_pattern(op_name, kernel_size=None):
+    """The DRR rewrite of float32 pd_op.`op_name` into onednn_op.`op_name`; for pool2d_grad, of those with
+    `kernel_size` (an attribute of the oneDNN op)."""
     inputs, outputs, kept_attributes, extra_attributes = OPS[op_name]
     context = pir.DrrPatternContext()
     source = context.SourcePattern()
+    source_inputs = inputs
+    if op_name == "pool2d_grad":
+        source.Op("pd_op.full_int_array", {"value": source.Attr("kernel_size_value")})(
+            [], [source.Tensor("kernel_size")])
+        source_inputs = inputs + ("kernel_size",)
     found = source.Op("pd_op." + op_name, {name: source.Attr(name) for name in kept_attributes})
-    found([source.Tensor(name) for name in inputs], [source.Tensor(name) for name in outputs])
+    found([source.Tensor(name) for name in source_inputs], [source.Tensor(name) for name in outputs])
     source.AddConstraint(_float32_images_only(inputs[0]))
+    if op_name.startswith("pool2d"):
+        source.AddConstraint(lambda match: _is_max_pooling(match.Tensor(outputs[0]).get_defining_op(), kernel_size))
     result = source.ResultPattern()
     attributes = {name: source.Attr(name) for name in kept_attributes}
     attributes.update({name: _attribute(result, value) for name, value in extra_attributes.items()})
+    if op_name == "pool2d_grad":
+        attributes["kernel_size"] = result.VectorInt64Attr(kernel_size)
     replacement = result.Op("onednn_op." + op_name, attributes)
     replacement([result.Tensor(name) for name in inputs], [result.Tensor(name) for name in outputs])
     return context
 
 
-def place_on_onednn(program, executor):
-    """Rewrites the float32 convolutions of a PIR training `program` and their gradients into oneDNN ops, in place.
+def _is_max_pooling(op, kernel_size=None):
+    """A max pooling (or its gradient) with a fixed window: the ResNet stem's; `kernel_size`, if given, its window."""
+    attributes = op.attrs()
+    if attributes["pooling_type"] != "max" or attributes["adaptive"] or attributes["global_pooling"]:
+        return False
+    return kernel_size is None or _kernel_size(op) == kernel_size
 
-    Call it after the program is complete (backward and optimizer included) and before its first run; `executor`
-    is the CPU executor that will run it. Returns the number of oneDNN ops in the program afterwards.
+
+def _kernel_size(pooling_op):
+    return list(pooling_op.operand_source(pooling_op.num_operands() - 1).get_defining_op().attrs()["value"])
+
+
+def place_on_onednn(program, executor):
+    """Rewrites the float32 convolutions and max pooling of a PIR training `program` and their gradients into oneDNN
+    ops, in place.
+
+    Build the program in `training_data_format(...)`. Call this after the program is complete (backward and
+    optimizer included) and before its first run; `executor` is the CPU executor that will run it. Returns the number
+    of oneDNN convolutions (forward and gradient) in the program afterwards.
     """
     # Lowering any program registers the oneDNN dialect; until then the rewrite would create nameless ops. The
     # caller's executor does the lowering: a throwaway one can be garbage-collected inside a forked reader worker,
     # and its destructor crashes there.
     executor.run(paddle.static.Program())
+    kernel_sizes = _own_kernel_sizes_for_pooling_gradients(program)
     passes = pir.PassManager()
     for op_name in OPS:
-        passes.register_pass("place_%s_on_onednn" % op_name, _rewrite_pattern(op_name))
+        if op_name != "pool2d_grad":
+            passes.register_pass("place_%s_on_onednn" % op_name, _rewrite_pattern(op_name))
+    for index, kernel_size in enumerate(kernel_sizes):
+        passes.register_pass("place_pool2d_grad_%d_on_onednn" % index, _rewrite_pattern("pool2d_grad", kernel_size))
     passes.run(program)
     _skip_unused_input_gradients(program)
+    _keep_filter_gradients_oihw(program)
     _copy_before_in_place_updates(program)
+    _keep_shared_results_from_in_place_reuse(program)
     names = [op.name() for op in program.global_block().ops]
     if "" in names:
         raise RuntimeError("the oneDNN rewrite left unnamed ops in the program: is Paddle's oneDNN dialect missing?")
-    return sum(name.startswith("onednn_op.") for name in names)
+    return sum(name in ("onednn_op.conv2d", "onednn_op.conv2d_grad") for name in names)
+
+
+def _own_kernel_sizes_for_pooling_gradients(program):
+    """Gives each max-pooling gradient a kernel-size tensor of its own (Paddle's backward pass shares the forward
+    pass's), so that the rewrite can match it and turn it into the oneDNN op's attribute; returns the sizes found."""
+    kernel_sizes = []
+    for op in list(program.global_block().ops):
+        if op.name() != "pd_op.pool2d_grad" or not _is_max_pooling(op):
+            continue
+        kernel_size = _kernel_size(op)
+        with paddle.static.program_guard(program):
+            pir.set_insertion_point(op)
+            own = paddle._C_ops.full_int_array(kernel_size, paddle.int64, paddle.CPUPlace())
+            pir.reset_insertion_point_to_end()
+        op.operand(op.num_operands() - 1).set_source(own)
+        if kernel_size not in kernel_sizes:
+            kernel_sizes.append(kernel_size)
+    return kernel_sizes
 
 
 def _skip_unused_input_gradients(program):
@@ -108,6 +182,57 @@ def _skip_unused_input_gradients(program):
     for op in program.global_block().ops:
         if op.name() == "onednn_op.conv2d_grad" and op.result(0).use_empty():
             op.result(0).set_type(absent)
+
+
+def _is_channels_last_filter_gradient(value):
+    op = value.get_defining_op()
+    return (op is not None and op.name() in CONV_GRADIENT_OPS and op.result(1).is_same(value)
+            and op.attrs().get("data_format") == "NHWC")
+
+
+def _keep_filter_gradients_oihw(program):
+    """Reads the filter gradients of channels-last convolutions out of oneDNN as OIHW, as the parameters are.
+
+    The executor converts a oneDNN result for Paddle's kernels into the layout of the last NHWC tensor oneDNN took in
+    this thread (`cur_paddle_data_layout`, set by any NHWC convolution input), and for a filter gradient that is
+    wrong: OHWI memory with dimensions [O, H, W, I], which momentum would apply to the OIHW weights. Flattened by a
+    oneDNN reshape to [O, I*H*W], a 2-D result, the gradient comes out in its logical OIHW order (2-D tensors have
+    one layout only), and Paddle's reshape gives it back its shape.
+    """
+    flattened = False
+    for op in list(program.global_block().ops):
+        if op.name() not in CONV_GRADIENT_OPS or op.attrs().get("data_format") != "NHWC":
+            continue
+        gradient = op.result(1)
+        users = gradient.all_used_ops()
+        if not users:
+            continue
+        shape = list(gradient.shape)
+        with paddle.static.program_guard(program):
+            pir.set_insertion_point_after(op)
+            oihw = paddle.reshape(paddle.reshape(gradient, [shape[0], -1]), shape)
+            pir.reset_insertion_point_to_end()
+        for user in users:
+            for operand in user.operands():
+                if operand.source().is_same(gradient):
+                    operand.set_source(oihw)
+        flattened = True
+    if flattened:
+        passes = pir.PassManager()
+        passes.register_pass("flatten_filter_gradients_on_onednn", _flatten_filter_gradient_pattern())
+        passes.run(program)
+
+
+def _flatten_filter_gradient_pattern():
+    context = pir.DrrPatternContext()
+    source = context.SourcePattern()
+    source.Op("pd_op.reshape")([source.Tensor("x"), source.Tensor("shape")], [source.Tensor("out")])
+    source.AddConstraint(lambda match: _is_channels_last_filter_gradient(match.Tensor("x")))
+    result = source.ResultPattern()
+    flatten = result.Op("onednn_op.reshape", {name: _attribute(result, ONEDNN_EXTRA[name])
+                                              for name in ("mkldnn_data_type", "onednn_data_type", "use_quantizer")})
+    flatten([result.Tensor("x"), result.Tensor("shape")], [result.Tensor("out")])
+    return context
 
 
 def _updates_in_place(op, value):
@@ -139,6 +264,48 @@ def _copy_before_in_place_updates(program):
                 for operand in user.operands():
                     if operand.source().is_same(value):
                         operand.set_source(copy)
+
+
+def _may_reuse_in_place(op, index):
+    """Whether the executor's in-place pass may write `op`'s result into its operand `index`: Paddle ops that have an
+    in-place variant (`add` -> `add_`, `relu` -> `relu_`, ...) take over their first operand, when its dtype is the
+    result's and nothing reads it afterwards."""
+    if op.name().startswith("onednn_op.") or not op.name().startswith("pd_op.") or op.name().endswith("_"):
+        return False
+    if not hasattr(paddle._C_ops, op.name()[len("pd_op."):] + "_") or op.name() == "pd_op.transpose":
+        return False
+    return index == 0 and op.num_results() > 0 and op.result(0).dtype == op.operand_source(0).dtype
+
+
+def _keep_shared_results_from_in_place_reuse(program):
+    """Gives a private copy of a oneDNN result to each Paddle op that the in-place pass could let overwrite it while
+    other ops still read it.
+
+    When a oneDNN result is already in the layout Paddle's kernel wants (NHWC max pooling, channels-last convolution
+    outputs), each conversion for a Paddle op shares its memory, and the executor's in-place pass, which sees only
+    the conversion's value, lets an op such as `add` write its sum into it: the max-pooling gradient then read the
+    sum instead of the pooling output (measured: ResNet18's res2a gradients off by 100%). The ResNets add the
+    shortcut second, so that `add` overwrites the branch's batch-norm output instead, and no copy is needed there.
+    A copy is an identity transpose, an op the in-place pass leaves alone.
+    """
+    for op in list(program.global_block().ops):
+        if not op.name().startswith("onednn_op."):
+            continue
+        for value in op.results():
+            users = value.all_used_ops()
+            if len(users) < 2:
+                continue
+            for user in users:
+                at_risk = [operand for operand in user.operands()
+                           if operand.source().is_same(value) and _may_reuse_in_place(user, operand.index())]
+                if not at_risk:
+                    continue
+                with paddle.static.program_guard(program):
+                    pir.set_insertion_point(user)
+                    copy = paddle.transpose(value, list(range(len(value.shape))))
+                    pir.reset_insertion_point_to_end()
+                for operand in at_risk:
+                    operand.set_source(copy)
 
 
 class InferenceExecutor:

@@ -7,6 +7,7 @@ what training updates, testing reads.
 import collections
 import contextlib
 import hashlib
+import inspect
 import os
 import sys
 import time
@@ -64,7 +65,7 @@ def _image_input(image_shape):
 
 
 def build_train_program(model_name, embedding_size, image_shape, loss, scheduler, seed, amp_dtype=None,
-                        world_size=1):
+                        world_size=1, data_format="NCHW"):
     """Network, loss and Momentum with L2 decay as the original, its learning rate from `scheduler`
     (`make_lr_scheduler`).
 
@@ -73,6 +74,8 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
     `amp_dtype` ('float16' or 'bfloat16') runs the network in Paddle's O1 automatic mixed precision, the loss in
     float32. With `world_size` > 1 the gradients are averaged over the data-parallel processes, and the loss and
     accuracies the program reports are their averages over the processes, as the original averaged over GPUs.
+    `data_format` is the layout of the network's activations (models/resnet.py): NCHW, or NHWC, the layout of a
+    program whose convolutions run on oneDNN (`onednn.training_data_format`). The parameters are the same in both.
     """
     with paddle.utils.unique_name.guard():
         program, startup = paddle.static.Program(), paddle.static.Program()
@@ -81,7 +84,11 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
             image = _image_input(image_shape)
             label = paddle.static.data(name="label", shape=[None, 1], dtype="int64")
             with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):
-                feature = models.get_model(model_name).net(image, embedding_size)
+                model = models.get_model(model_name)
+                # Only a channels-last network is told its layout (NCHW is every model's default); a model without
+                # the choice (one registered from outside models/) stays NCHW.
+                layout = {"data_format": data_format} if data_format != "NCHW" and _takes_data_format(model) else {}
+                feature = model.net(image, embedding_size, **layout)
             if amp_dtype is not None:
                 # Normalisations, exponentials and logsumexps lose too much in 16 bits: the loss is float32.
                 feature = feature.astype("float32")
@@ -102,6 +109,10 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
                 avg_loss, *accuracies = [distributed.mean_over_processes(value * 1.0, world_size)
                                          for value in [avg_loss] + accuracies]
     return TrainProgram(program, startup, image, label, feature, avg_loss, accuracies, scheduler)
+
+
+def _takes_data_format(model):
+    return "data_format" in inspect.signature(model.net).parameters
 
 
 def _minimize(optimizer, loss, amp_dtype):

@@ -150,10 +150,11 @@ class TrainingRun:
         paddle.seed(args.seed)
         scheduler = programs.make_lr_scheduler(args.lr, args.lr_steps, args.lr_strategy, args.warmup_iter_num,
                                                args.total_iter_num)
-        self.train_program = programs.build_train_program(args.model, args.embedding_size, args.image_shape, data.loss,
-                                                          scheduler, args.seed,
-                                                          amp_dtype=args.amp_dtype if args.use_amp else None,
-                                                          world_size=self.world_size)
+        amp_dtype = args.amp_dtype if args.use_amp else None
+        self.train_program = programs.build_train_program(
+            args.model, args.embedding_size, args.image_shape, data.loss, scheduler, args.seed, amp_dtype=amp_dtype,
+            world_size=self.world_size,
+            data_format=onednn.training_data_format(args.use_gpu, args.use_mkldnn, amp_dtype))
         self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
         self.executor = paddle.static.Executor(programs.make_place(args.use_gpu))
         self.executor.run(self.train_program.startup)
