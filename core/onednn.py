@@ -50,6 +50,10 @@ OPS = {
     # The oneDNN gradient takes the kernel size as an attribute, not as the tensor Paddle's does.
     "pool2d_grad": (("x", "out", "out_grad"), ("x_grad",), POOL_ATTRIBUTES, ONEDNN_EXTRA),
 }
+# bfloat16 (AMP) convolutions run on oneDNN whatever the flags, as no other CPU kernel has them; but lowered from
+# pd_op.conv2d, the forward pass converts its bfloat16 operands to float32 and convolves in float32. As onednn_op.conv2d
+# with this attribute it convolves in bfloat16 (AVX512-BF16), as PyTorch's autocast does.
+BFLOAT16_EXTRA = {"mkldnn_data_type": "bfloat16", "onednn_data_type": "bfloat16"}
 # The convolution gradients that run on oneDNN: the rewritten float32 ones, and bfloat16 (AMP) ones, which have no
 # other CPU kernel.
 CONV_GRADIENT_OPS = ("onednn_op.conv2d_grad", "pd_op.conv2d_grad")
@@ -75,11 +79,11 @@ def training_data_format(use_gpu, use_mkldnn, amp_dtype=None):
     return DATA_FORMAT if on_onednn else "NCHW"
 
 
-def _float32_images_only(input_name):
-    """Only float32 images: bfloat16 (AMP) convolutions already run on oneDNN with other extra attributes."""
+def _images_only(input_name, dtype=paddle.float32):
+    """Only 4-D `dtype` images."""
     def constraint(match):
         tensor = match.Tensor(input_name)
-        return tensor.dtype == paddle.float32 and len(tensor.shape) == 4
+        return tensor.dtype == dtype and len(tensor.shape) == 4
     return constraint
 
 
@@ -87,10 +91,12 @@ def _attribute(result, value):
     return result.BoolAttr(value) if isinstance(value, bool) else result.StrAttr(value)
 
 
-def _rewrite_pattern(op_name, kernel_size=None):
-    """The DRR rewrite of float32 pd_op.`op_name` into onednn_op.`op_name`; for pool2d_grad, of those with
+def _rewrite_pattern(op_name, kernel_size=None, dtype=paddle.float32):
+    """The DRR rewrite of `dtype` pd_op.`op_name` into onednn_op.`op_name`; for pool2d_grad, of those with
     `kernel_size` (an attribute of the oneDNN op)."""
     inputs, outputs, kept_attributes, extra_attributes = OPS[op_name]
+    if dtype == paddle.bfloat16:
+        extra_attributes = dict(extra_attributes, **BFLOAT16_EXTRA)
     context = pir.DrrPatternContext()
     source = context.SourcePattern()
     source_inputs = inputs
@@ -100,7 +106,7 @@ def _rewrite_pattern(op_name, kernel_size=None):
         source_inputs = inputs + ("kernel_size",)
     found = source.Op("pd_op." + op_name, {name: source.Attr(name) for name in kept_attributes})
     found([source.Tensor(name) for name in source_inputs], [source.Tensor(name) for name in outputs])
-    source.AddConstraint(_float32_images_only(inputs[0]))
+    source.AddConstraint(_images_only(inputs[0], dtype))
     if op_name.startswith("pool2d"):
         source.AddConstraint(lambda match: _is_max_pooling(match.Tensor(outputs[0]).get_defining_op(), kernel_size))
     result = source.ResultPattern()
@@ -144,6 +150,7 @@ def place_on_onednn(program, executor):
             passes.register_pass("place_%s_on_onednn" % op_name, _rewrite_pattern(op_name))
     for index, kernel_size in enumerate(kernel_sizes):
         passes.register_pass("place_pool2d_grad_%d_on_onednn" % index, _rewrite_pattern("pool2d_grad", kernel_size))
+    passes.register_pass("place_bfloat16_conv2d_on_onednn", _rewrite_pattern("conv2d", dtype=paddle.bfloat16))
     passes.run(program)
     _skip_unused_input_gradients(program)
     _keep_filter_gradients_oihw(program)
