@@ -68,15 +68,16 @@ def wanted(use_gpu, use_mkldnn):
     return use_mkldnn and not use_gpu and available()
 
 
-def training_data_format(use_gpu, use_mkldnn, amp_dtype=None):
-    """The activations' layout for a training program: `DATA_FORMAT` when its convolutions run on oneDNN (with
-    --use_mkldnn, or bfloat16 AMP on a CPU, which has no other bfloat16 convolution), else NCHW.
+def training_data_format(use_gpu, use_mkldnn):
+    """The activations' layout for a training program: `DATA_FORMAT` when `place_on_onednn` will rewrite it (see
+    `wanted`), else NCHW.
 
-    All of a process's oneDNN training programs must share one layout: the executor reads oneDNN results back into
-    the layout of the last NHWC tensor a oneDNN kernel took in that thread, and never goes back to NCHW.
+    The executor reads oneDNN results back into the layout of the last NHWC tensor a oneDNN kernel took in the thread,
+    and never goes back to NCHW: after a channels-last oneDNN program has run, an NCHW program whose convolutions run
+    on oneDNN (bfloat16 AMP with --use_mkldnn=False) would get its results in the wrong layout in that thread. The
+    training scripts run one training program per process.
     """
-    on_onednn = not use_gpu and available() and (use_mkldnn or amp_dtype == "bfloat16")
-    return DATA_FORMAT if on_onednn else "NCHW"
+    return DATA_FORMAT if wanted(use_gpu, use_mkldnn) else "NCHW"
 
 
 def _images_only(input_name, dtype=paddle.float32):

@@ -154,7 +154,7 @@ class TrainingRun:
         self.train_program = programs.build_train_program(
             args.model, args.embedding_size, args.image_shape, data.loss, scheduler, args.seed, amp_dtype=amp_dtype,
             world_size=self.world_size,
-            data_format=onednn.training_data_format(args.use_gpu, args.use_mkldnn, amp_dtype))
+            data_format=onednn.training_data_format(args.use_gpu, args.use_mkldnn))
         self.feature_program = programs.build_feature_program(args.model, args.embedding_size, args.image_shape)
         self.executor = paddle.static.Executor(programs.make_place(args.use_gpu))
         self.executor.run(self.train_program.startup)
