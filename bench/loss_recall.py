@@ -97,8 +97,8 @@ def runs(loss_names, xbm_size, xbm_start_iter):
             name = loss_name if "miner" not in flags else "%s --miner=%s" % (loss_name, miner)
             table.append((name, "train_pair.py", flags, True))
             if losses.XBM_SIZE in loss_class.flags and miner != losses.NO_MINER:
-                table.append((name + " + XBM", "train_pair.py", dict(flags, xbm_size=xbm_size, xbm_start_iter=xbm_start_iter),
-                              True))
+                with_memory = dict(flags, xbm_size=xbm_size, xbm_start_iter=xbm_start_iter)
+                table.append((name + " + XBM", "train_pair.py", with_memory, True))
     return table
 
 

@@ -66,8 +66,8 @@ def from_flags(args, batch_size):
     return loss_class.from_flags(args, batch_size)
 
 
-__all__ = ["Loss", "ClassifierLoss", "LOSSES", "names", "add_arguments", "from_flags", "SoftmaxLoss", "ArcMarginLoss", "CosFaceLoss",
-           "ProxyAnchorLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss", "MultiSimilarityLoss",
-           "ContrastiveLoss", "CircleLoss", "CrossBatchMemory", "MINER", "MINERS", "NO_MINER", "XBM_SIZE", "SHUFFLED",
-           "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM", "SAMPLES_EACH_CLASS", "MARGIN", "check_labels", "check_class_balanced_batch",
-           "check_triplet_batch"]
+__all__ = ["Loss", "ClassifierLoss", "LOSSES", "names", "add_arguments", "from_flags", "SoftmaxLoss", "ArcMarginLoss",
+           "CosFaceLoss", "ProxyAnchorLoss", "TripletLoss", "QuadrupletLoss", "EmlLoss", "NpairsLoss",
+           "MultiSimilarityLoss", "ContrastiveLoss", "CircleLoss", "CrossBatchMemory", "MINER", "MINERS", "NO_MINER",
+           "XBM_SIZE", "SHUFFLED", "TRIPLETS", "CLASS_BALANCED", "CLASS_DIM", "SAMPLES_EACH_CLASS", "MARGIN",
+           "check_labels", "check_class_balanced_batch", "check_triplet_batch"]

@@ -129,7 +129,8 @@ def test_the_checks_report_what_is_wrong(tmp_path, monkeypatch):
     """The checks above on a page with good and bad links and flags: only the bad ones are reported."""
     monkeypatch.setitem(globals(), "ROOT", str(tmp_path))
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "other.md").write_text("# Other page\n\n## Two runs, one `directory`\n\n## Flags\n\n## Flags\n")
+    (tmp_path / "docs" / "other.md").write_text("# Other page\n\n## Two runs, one `directory`\n\n## Flags\n\n"
+                                                "## Flags\n")
     page = ["# Title", "[ok](other.md#two-runs-one-directory) [ok](#title) [ok](other.md#flags-1)",
             "[missing file](nowhere.md) [missing anchor](other.md#flags-2) [web](https://example.com/x.md)",
             "```", "[not a link in code](nowhere.md) --model --nproc_per_node --no_such_flag", "```"]

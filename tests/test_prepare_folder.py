@@ -1,4 +1,5 @@
-"""data/prepare_folder.py: a folder of class folders becomes two SOP lists, split by class, that the scripts train on."""
+"""data/prepare_folder.py: a folder of class folders becomes two SOP lists, split by class, that the scripts train
+on."""
 import os
 import re
 import subprocess

@@ -211,8 +211,8 @@ def test_a_pool_nobody_closed_does_not_hang_the_exit(sop_root):
     script = ("import sys; sys.path.insert(0, %r); import reader; from core import image_ops, samplers\n"
               "image_list = reader.read_train_list(%r)\n"
               "sampler = samplers.make_sampler('shuffled', reader.train_labels(image_list), 4, 1, 0)\n"
-              "stream = reader.train_batches(image_list, sampler, (3, 8, 8), image_ops.Augmentation(0.08, True, False), "
-              "num_workers=2)\n"
+              "stream = reader.train_batches(image_list, sampler, (3, 8, 8), "
+              "image_ops.Augmentation(0.08, True, False), num_workers=2)\n"
               "next(stream)\n"
               "print('exiting with the stream open', flush=True)\n") % (ROOT, sop_root)
     # A hang is what this guards against: the generous timeout tells it from a slow exit on a loaded machine.
