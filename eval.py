@@ -113,7 +113,7 @@ def main(argv=None):
     utility.print_arguments(args)
     query_list = reader.read_list(args.data_dir, args.query_list or reader.TEST_LIST)
     gallery_list = reader.read_list(args.data_dir, args.gallery_list) if args.gallery_list else None
-    executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
+    executor, feature_program = programs.load_feature_program(args, log, use_predictor=True)
     query_features = list_features(args, executor, feature_program, query_list, "queries" if gallery_list else "test")
     gallery_features = gallery_labels = None
     num_candidates = len(query_list.paths) - 1

@@ -56,7 +56,7 @@ def main(argv=None):
     if world_size > 1:
         log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(whole_list.paths)))
     image_list = reader.subset(whole_list, start, stop)
-    executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
+    executor, feature_program = programs.load_feature_program(args, log, use_predictor=True)
     features = []
     batches = reader.infer_batches(image_list, args.batch_size, args.image_shape, args.num_workers)
     with contextlib.closing(batches), utility.progress_bar(len(image_list.paths), "infer") as bar:

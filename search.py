@@ -60,7 +60,7 @@ def parse_args(argv=None):
 
 def load_model(args):
     """The feature program with its weights, and the model's fingerprint."""
-    executor, feature_program = programs.load_feature_program(args, log, args.use_mkldnn)
+    executor, feature_program = programs.load_feature_program(args, log, use_predictor=True)
     model = gallery_index.fingerprint(args.model, args.embedding_size, args.image_shape,
                                       programs.weights_checksum(feature_program.program))
     return executor, feature_program, model

@@ -1,13 +1,16 @@
 """PyTorch reference for bench/train_throughput.py: the ResNet layout of models/resnet.py, trained and evaluated.
 
     python bench/torch_reference.py '{"steps": 2, "configs": [{"key": "k", "kind": "train", "blocks": [2, 2, 2, 2],
-        "bottleneck": false, "shape": [3, 64, 64], "batch": 32, "classes": 40}]}'
+        "bottleneck": false, "shape": [3, 64, 64], "batch": 32, "classes": 40, "device": "cpu", "dtype": "float32"}]}'
 
 prints one JSON line, {key: images per second}, or {"error": message} when torch cannot be imported. The benchmark
 runs it in a process of its own, since torch and Paddle each bring their own OpenMP runtime. Training is the network
 with a linear softmax head, SGD with momentum 0.9 and weight decay 1e-4; evaluation is the forward pass under
-torch.inference_mode. Each configuration times `steps` steps after one untimed step.
+torch.inference_mode. A "dtype" other than float32 trains under torch.autocast in that type (on a GPU float16 with a
+GradScaler, as Paddle's float16 AMP scales its loss). Each configuration times `steps` steps after one untimed step;
+on a GPU each step ends by waiting for the device.
 """
+import contextlib
 import json
 import os
 import sys
@@ -51,25 +54,37 @@ def build_network(nn, blocks, bottleneck):
 
 
 def images_per_second(torch, config, steps):
+    device = torch.device(config.get("device", "cpu"))
+    dtype = config.get("dtype", "float32")
     network, feature_size = build_network(torch.nn, config["blocks"], config["bottleneck"])
-    images = torch.randn([config["batch"]] + config["shape"])
+    network.to(device)
+    images = torch.randn([config["batch"]] + config["shape"], device=device)
+    wait = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if config["kind"] == "eval":
         network.eval()
 
         def step():
             with torch.inference_mode():
                 network(images)
+            wait()
     else:
-        head = torch.nn.Linear(feature_size, config["classes"])
-        labels = torch.arange(config["batch"]) % config["classes"]
+        head = torch.nn.Linear(feature_size, config["classes"]).to(device)
+        labels = torch.arange(config["batch"], device=device) % config["classes"]
         parameters = list(network.parameters()) + list(head.parameters())
         optimizer = torch.optim.SGD(parameters, lr=0.01, momentum=0.9, weight_decay=1e-4)
+        low_precision = dtype != "float32"
+        scaler = torch.amp.GradScaler(device.type, enabled=low_precision and dtype == "float16")
 
         def step():
-            loss = torch.nn.functional.cross_entropy(head(network(images)), labels)
+            autocast = torch.autocast(device.type, dtype=getattr(torch, dtype)) if low_precision \
+                else contextlib.nullcontext()
+            with autocast:
+                loss = torch.nn.functional.cross_entropy(head(network(images)).float(), labels)
             optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            wait()
     return timing.images_per_second(step, config["batch"], steps)
 
 

@@ -1,10 +1,11 @@
-"""Images per second of a training step and of feature extraction, on CPU: Paddle's static programs with oneDNN
-convolutions and with the default kernels, the step end to end through the real reader, Paddle's dynamic mode, and
-PyTorch as a reference.
+"""Images per second of a training step and of feature extraction: Paddle's static programs with oneDNN
+convolutions and with the default kernels, in bfloat16 AMP, the step end to end through the real reader, Paddle's
+dynamic mode, and PyTorch as a reference; or, with --use_gpu=True, the same on a GPU in float32 and float16 AMP.
 
-    python bench/train_throughput.py            # the tables of docs/benchmarks.md: about 10 minutes on 2 cores
+    python bench/train_throughput.py            # the tables of docs/benchmarks.md: about 15 minutes on 2 cores
     python bench/train_throughput.py --quick    # a smoke test at tiny sizes, well under a minute
     python bench/train_throughput.py --models=ResNet50 --sides=224 --batch_sizes=64 --steps=10 --rounds=3
+    python bench/train_throughput.py --use_gpu=True --batch_sizes=256,64 --feature_batch_sizes=256,64
 
 For every model x input side x loss, two `trainer.TrainingRun`s built from the training scripts' own flags, one with
 --use_mkldnn=True (the default: convolutions on oneDNN, see onednn.py) and one with --use_mkldnn=False (Paddle's
@@ -14,10 +15,15 @@ default CPU kernels), are timed:
     a toy data set (data/make_toy_sop.py, made once under --work_dir) in --num_workers processes: the loop of
     train_elem.py / train_pair.py without its logs, tests and saves;
   * dynamic: the same models/ and losses/ code run eagerly, with the same Momentum optimizer;
-  * PyTorch, when installed (pip install torch==2.13.0, an optional extra): the same ResNet layout with a softmax head,
-    in a process of its own (bench/torch_reference.py).
+  * bfloat16 (--bf16): the oneDNN run with --use_amp=True --amp_dtype=bfloat16, against PyTorch's CPU bfloat16
+    autocast;
+  * PyTorch, when installed (pip install torch==2.13.0, an optional extra, into this environment or the one
+    --torch_python names): the same ResNet layout with a softmax head, in a process of its own
+    (bench/torch_reference.py).
+With --use_gpu=True the runs are --use_gpu=True in float32 and with --use_amp=True --amp_dtype=float16, end to end,
+and PyTorch on the GPU in float32 and float16 autocast; features through the GPU predictor and the executor.
 Feature extraction runs the feature program (programs.build_feature_program) as eval.py, infer.py and the training
-scripts' test pass do (Paddle Inference's predictor, onednn.InferenceExecutor) and on the default kernels, against
+scripts' test pass do (Paddle Inference's predictor, predictor.InferenceExecutor) and on the default kernels, against
 PyTorch's eval. A measurement times --steps steps (end to end: --e2e_steps; the slow references: --reference_steps),
 after an untimed step in the first round and end to end always; all configurations take turns inside each of --rounds
 rounds, so that the machine's other load spreads over all of them. The tables show the median over rounds and ratios
@@ -46,11 +52,18 @@ import models  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import utility  # noqa: E402
-from core import onednn, programs, trainer  # noqa: E402
+from core import predictor, programs, trainer  # noqa: E402
+from bench.throughput_tables import print_tables  # noqa: E402
 from bench.timing import images_per_second  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(ROOT, "bench", "torch_reference.py")
+# The timed training runs, each the training scripts' flags over the common ones: on CPU, the scripts' default
+# (convolutions on oneDNN), the default kernels and bfloat16 AMP; on a GPU, float32 and float16 AMP. The first of
+# each is also timed end to end.
+CPU_RUNS = {"oneDNN": ["--use_gpu=False", "--use_mkldnn=True"], "default": ["--use_gpu=False", "--use_mkldnn=False"],
+            "bfloat16": ["--use_gpu=False", "--use_mkldnn=True", "--use_amp=True", "--amp_dtype=bfloat16"]}
+GPU_RUNS = {"float32": ["--use_gpu=True"], "float16": ["--use_gpu=True", "--use_amp=True", "--amp_dtype=float16"]}
 QUICK = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--feature_batch_sizes=4", "--steps=1",
          "--e2e_steps=2", "--reference_steps=1", "--rounds=1", "--classes=4"]
 # Layer constructors and parameter factories that models/ and losses/ call while they build a network.
@@ -77,6 +90,12 @@ def make_parser():
     add("--num_workers", type=int, default=2, help="Reader processes end to end. Default: %(default)s.")
     add("--classes", type=int, default=40, help="Products in the toy training split. Default: %(default)s.")
     add("--torch", type=utility.str2bool, default=True, help="Time PyTorch if it is installed. Default: True.")
+    add("--torch_python", default=sys.executable, help="Python to run PyTorch with, e.g. a virtual environment's with "
+        "torch installed. Default: this one.")
+    add("--bf16", type=utility.str2bool, default=True, help="CPU: also time bfloat16 AMP, against PyTorch's bfloat16 "
+        "autocast. Default: True.")
+    add("--use_gpu", type=utility.str2bool, default=False, help="Time GPU 0 (a CUDA build of Paddle): float32 and "
+        "float16 AMP. Default: False.")
     add("--work_dir", default="/tmp/train_throughput", help="Data sets and checkpoint directory. Default: %(default)s.")
     add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
     return parser
@@ -114,13 +133,19 @@ def make_data_set(args, side):
     return data_dir
 
 
-def training_run(loss_name, model, side, batch_size, data_dir, args, use_mkldnn):
+def training_runs(args):
+    """The training runs to time: their names and flags."""
+    if args.use_gpu:
+        return GPU_RUNS
+    return {name: flags for name, flags in CPU_RUNS.items() if args.bf16 or name != "bfloat16"}
+
+
+def training_run(loss_name, model, side, batch_size, data_dir, args, run_flags):
     has_classifier = losses.LOSSES[loss_name].has_classifier
     script = train_elem if has_classifier else train_pair
     argv = ["--model=%s" % model, "--image_shape=3,%d,%d" % (side, side), "--train_batch_size=%d" % batch_size,
-            "--loss_name=%s" % loss_name, "--data_dir=%s" % data_dir, "--use_gpu=False",
-            "--use_mkldnn=%s" % use_mkldnn, "--num_workers=%d" % args.num_workers, "--crop_scale_min=0.3",
-            "--model_save_dir=%s" % os.path.join(args.work_dir, "output")]
+            "--loss_name=%s" % loss_name, "--data_dir=%s" % data_dir, "--num_workers=%d" % args.num_workers,
+            "--crop_scale_min=0.3", "--model_save_dir=%s" % os.path.join(args.work_dir, "output")] + run_flags
     if has_classifier:
         argv.append("--class_dim=%d" % args.classes)
     parsed = script.make_parser().parse_args(argv)
@@ -198,65 +223,82 @@ class ModelSide:
 
     def __init__(self, model, side, batch_size, feature_batch_size, args):
         self.model, self.side, self.batch_size, self.feature_batch_size = model, side, batch_size, feature_batch_size
+        self.use_gpu = args.use_gpu
         self.scope, self.results = paddle.static.Scope(), {}
         data_dir = make_data_set(args, side)
+        run_kinds = training_runs(args)
+        self.first_run = next(iter(run_kinds))  # the scripts' default: also timed end to end
         with paddle.static.scope_guard(self.scope):
-            self.runs = {(loss, kernels): training_run(loss, model, side, batch_size, data_dir, args,
-                                                       kernels == "oneDNN")
-                         for loss in args.losses for kernels in ("oneDNN", "default")}
-            self.dynamic = {loss: DynamicTraining(self.runs[loss, "default"]) for loss in args.losses}
-            self.batches = {loss: batch_for(self.runs[loss, "default"]) for loss in args.losses}
-            self.features = {kind: self._feature_runner(kind) for kind in ("predictor", "default")}
+            self.runs = {(loss, kind): training_run(loss, model, side, batch_size, data_dir, args, flags)
+                         for loss in args.losses for kind, flags in run_kinds.items()}
+            self.dynamic = {} if args.use_gpu else {loss: DynamicTraining(self.runs[loss, "default"])
+                                                    for loss in args.losses}
+            self.batches = {loss: batch_for(self.runs[loss, self.first_run]) for loss in args.losses}
+            self.features = {kind: self._feature_runner(kind) for kind in ("predictor", "executor")}
         self.feature_images = np.random.default_rng(0).standard_normal(
             (feature_batch_size, 3, side, side)).astype("float32")
 
     def _feature_runner(self, kind):
-        """(executor, feature program) as the scripts extract features on CPU ("predictor") or on the default
-        kernels."""
+        """(executor, feature program) as eval.py and infer.py extract features (Paddle Inference's "predictor", on the
+        CPU with oneDNN or on the GPU), or Paddle's "executor" (on the CPU: the default kernels)."""
         feature_program = programs.build_feature_program(self.model, 0, (3, self.side, self.side))
-        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor = paddle.static.Executor(programs.make_place(self.use_gpu))
         executor.run(feature_program.startup)
         if kind == "predictor":
-            executor = onednn.InferenceExecutor(feature_program, executor)
+            executor = predictor.InferenceExecutor(feature_program, executor, 0 if self.use_gpu else None)
         return executor, feature_program
 
     def measure(self, args, warm_up):
         """One round: every configuration once; `warm_up` (the first round) adds an untimed step before each."""
         record = lambda key, value: self.results.setdefault(key, []).append(value)  # noqa: E731
+        slow_references = {"default"}  # Paddle's default CPU kernels: timed for --reference_steps
         with paddle.static.scope_guard(self.scope):
             for loss in args.losses:
                 images, labels = self.batches[loss]
-                for kernels, steps in (("oneDNN", args.steps), ("default", args.reference_steps)):
-                    run = self.runs[loss, kernels]
-                    record((loss, kernels), images_per_second(lambda: run.step(images, labels, fetch_feature=False),
-                                                              self.batch_size, steps, warm_up))
-                record((loss, "end to end"), end_to_end_rate(self.runs[loss, "oneDNN"], self.batch_size,
+                for (run_loss, kind), run in self.runs.items():
+                    if run_loss != loss:
+                        continue
+                    steps = args.reference_steps if kind in slow_references else args.steps
+                    record((loss, kind), images_per_second(lambda: run.step(images, labels, fetch_feature=False),
+                                                           self.batch_size, steps, warm_up))
+                record((loss, "end to end"), end_to_end_rate(self.runs[loss, self.first_run], self.batch_size,
                                                              args.e2e_steps))
-                record((loss, "dynamic"), images_per_second(lambda: self.dynamic[loss].step(images, labels),
-                                                            self.batch_size, args.reference_steps, warm_up))
+                if loss in self.dynamic:
+                    record((loss, "dynamic"), images_per_second(lambda: self.dynamic[loss].step(images, labels),
+                                                                self.batch_size, args.reference_steps, warm_up))
             for kind, (executor, feature_program) in self.features.items():
                 feed = {"image": self.feature_images}
-                steps = args.reference_steps if kind == "default" else args.steps
+                steps = args.reference_steps if kind == "executor" and not self.use_gpu else args.steps
                 record(("features", kind), images_per_second(
                     lambda: executor.run(feature_program.program, feed=feed, fetch_list=[feature_program.feature]),
                     self.feature_batch_size, steps, warm_up))
 
-    def torch_configs(self, classes):
+    def torch_configs(self, args):
+        """The PyTorch measurements beside these: training in float32 (and in the low-precision type timed here),
+        and evaluation, on the same device."""
         if not self.model.startswith("ResNet"):
             return []  # the PyTorch reference has the ResNet layout only
         blocks, bottleneck = models.resnet.RESNET_DEPTHS[int(self.model[len("ResNet"):])]
-        common = dict(blocks=blocks, bottleneck=bottleneck, shape=[3, self.side, self.side], classes=classes)
-        return [dict(common, key="%s %d train" % (self.model, self.side), kind="train", batch=self.batch_size),
-                dict(common, key="%s %d eval" % (self.model, self.side), kind="eval", batch=self.feature_batch_size)]
+        common = dict(blocks=blocks, bottleneck=bottleneck, shape=[3, self.side, self.side], classes=args.classes,
+                      device="cuda" if self.use_gpu else "cpu")
+        low_precision = "float16" if self.use_gpu else "bfloat16"
+        dtypes = ["float32"] + ([low_precision] if self.use_gpu or args.bf16 else [])
+        return ([dict(common, key=self.torch_key("train", dtype), kind="train", batch=self.batch_size, dtype=dtype)
+                 for dtype in dtypes]
+                + [dict(common, key=self.torch_key("eval", "float32"), kind="eval", batch=self.feature_batch_size,
+                        dtype="float32")])
+
+    def torch_key(self, kind, dtype):
+        return "%s %d %s %s" % (self.model, self.side, kind, dtype)
 
     def median(self, key):
-        return statistics.median(self.results[key])
+        return statistics.median(self.results[key]) if key in self.results else None
 
 
-def torch_round(configs, steps):
-    """One round of PyTorch measurements in a process of its own (torch brings its own OpenMP runtime); {} with a
-    note on stderr if torch is missing."""
-    completed = subprocess.run([sys.executable, TORCH_SCRIPT, json.dumps({"steps": steps, "configs": configs})],
+def torch_round(configs, steps, python):
+    """One round of PyTorch measurements in a process of its own (torch brings its own OpenMP runtime), run by
+    `python`; {} with a note on stderr if torch is missing."""
+    completed = subprocess.run([python, TORCH_SCRIPT, json.dumps({"steps": steps, "configs": configs})],
                                capture_output=True, text=True)
     if completed.returncode != 0:
         raise RuntimeError("bench/torch_reference.py failed:\n" + completed.stderr[-2000:])
@@ -265,43 +307,6 @@ def torch_round(configs, steps):
         print("PyTorch reference skipped: %s" % rates["error"], file=sys.stderr)
         return {}
     return rates
-
-
-def cell(value, digits=1):
-    return "-" if value is None else "%.*f" % (digits, value)
-
-
-def ratio(numerator, denominator):
-    return None if numerator is None or denominator is None else numerator / denominator
-
-
-def print_tables(groups, torch_rates):
-    torch_median = lambda key: statistics.median(torch_rates[key]) if torch_rates.get(key) else None  # noqa: E731
-    print("\nTraining step, images/s (median of rounds); compute: one pre-made batch fed every step\n")
-    print("| model | input | batch | loss | oneDNN compute | end to end | e2e / compute | default kernels "
-          "| oneDNN / default | dynamic | static / dynamic | PyTorch | Paddle / PyTorch |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for group in groups:
-        torch_train = torch_median("%s %d train" % (group.model, group.side))
-        for loss in sorted({key[0] for key in group.results if key[0] != "features"}):
-            fast, e2e = group.median((loss, "oneDNN")), group.median((loss, "end to end"))
-            default, dynamic = group.median((loss, "default")), group.median((loss, "dynamic"))
-            print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |"
-                  % (group.model, group.side, group.side, group.batch_size, loss, cell(fast), cell(e2e),
-                     cell(ratio(e2e, fast), 2), cell(default), cell(ratio(fast, default), 1), cell(dynamic),
-                     cell(ratio(fast, dynamic), 1), cell(torch_train), cell(ratio(fast, torch_train), 2)))
-    print("\nFeature extraction, images/s (median of rounds): eval.py, infer.py and the training scripts' test "
-          "(Paddle Inference with oneDNN), against Paddle's default kernels\n")
-    print("| model | input | batch | oneDNN predictor | default kernels | oneDNN / default | PyTorch eval "
-          "| Paddle / PyTorch |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for group in groups:
-        fast, default = group.median(("features", "predictor")), group.median(("features", "default"))
-        torch_eval = torch_median("%s %d eval" % (group.model, group.side))
-        print("| %s | 3x%dx%d | %d | %s | %s | %s | %s | %s |"
-              % (group.model, group.side, group.side, group.feature_batch_size, cell(fast), cell(default),
-                 cell(ratio(fast, default), 1), cell(torch_eval), cell(ratio(fast, torch_eval), 2)))
-    sys.stdout.flush()
 
 
 def main(argv=None):
@@ -314,17 +319,17 @@ def main(argv=None):
     groups = [ModelSide(model, side, batch_size, feature_batch_size, args)
               for model in args.models
               for side, batch_size, feature_batch_size in zip(args.sides, args.batch_sizes, args.feature_batch_sizes)]
-    torch_configs = [config for group in groups for config in group.torch_configs(args.classes)]
+    torch_configs = [config for group in groups for config in group.torch_configs(args)]
     torch_rates = {}
     for round_index in range(args.rounds):
         for group in groups:
             group.measure(args, warm_up=round_index == 0)
         if args.torch:
-            for key, value in torch_round(torch_configs, args.steps).items():
+            for key, value in torch_round(torch_configs, args.steps, args.torch_python).items():
                 torch_rates.setdefault(key, []).append(value)
         print("round %d of %d done after %.0f s, load average %.2f"
               % (round_index + 1, args.rounds, time.time() - started, os.getloadavg()[0]), flush=True)
-    print_tables(groups, torch_rates)
+    print_tables(groups, torch_rates, args)
     return groups, torch_rates
 
 

@@ -1,5 +1,5 @@
-"""oneDNN on CPU: the convolutions and max pooling of a training program, and Paddle Inference's predictor for
-feature extraction.
+"""oneDNN on CPU: the convolutions and max pooling of a training program (features go through Paddle Inference's
+predictor, core/predictor.py).
 
 Paddle 3.3.1's own switch, `FLAGS_use_mkldnn`, is read when the executor first lowers a program to kernels and moves
 every op that has a oneDNN kernel onto oneDNN. Forward-only programs come out right and fast; training programs do
@@ -17,20 +17,12 @@ The network's mathematics is unchanged; results differ from the default kernels 
 Such a program is built channels-last (`training_data_format`, models/resnet.py): oneDNN's forward convolutions
 read and write NHWC whatever the network's layout, so in an NCHW network every convolution output is converted to
 NCHW for batch norm and back, a third of a step's layout conversions; in NHWC they are shared as they are.
-
-Features (eval.py, infer.py and the training scripts' periodic test) go through `InferenceExecutor`: Paddle
-Inference's predictor, which folds batch norm into the convolutions and fuses relu and the residual additions into
-them, from the weights as they are when it is made.
 """
-import os
-import tempfile
 
-import numpy as np
 import paddle
 from paddle import pir
 from paddle.base.libpaddle.pir import get_op_inplace_info
 
-import utility
 
 # The layout of the activations of a training program whose convolutions run on oneDNN (see the module docstring).
 DATA_FORMAT = "NHWC"
@@ -315,44 +307,3 @@ def _keep_shared_results_from_in_place_reuse(program):
                     pir.reset_insertion_point_to_end()
                 for operand in at_risk:
                     operand.set_source(copy)
-
-
-class InferenceExecutor:
-    """Runs a feature program through Paddle Inference's CPU predictor, with the weights `executor`'s scope holds now.
-
-    The predictor's oneDNN passes fold batch norm into the convolutions and fuse relu and the residual additions into
-    them: 6 to 12 times the default kernels (docs/benchmarks.md). It stands in for the `paddle.static.Executor` of
-    that one program: `run(program, feed={"image": images}, fetch_list=[feature])` returns `[features]`. Training
-    changes the weights, so the training scripts make a new one for each test.
-    """
-
-    def __init__(self, feature_program, executor):
-        self.program, self.feature = feature_program.program, feature_program.feature
-        with utility.signals_held(), tempfile.TemporaryDirectory() as directory:
-            prefix = os.path.join(directory, "inference")
-            paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
-                                               program=feature_program.program)
-            config = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
-            config.disable_gpu()
-            config.enable_mkldnn()
-            # Paddle's default (a cache per input shape) also switches oneDNN's caching for the executor in this
-            # thread: a ResNet18 training step ran at 128 instead of 204 images/s after a predictor had run.
-            config.set_mkldnn_cache_capacity(0)
-            self.threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
-            config.set_cpu_math_library_num_threads(self.threads)
-            config.disable_glog_info()
-            self.predictor = paddle.inference.create_predictor(config)
-        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
-        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
-
-    def run(self, program, feed, fetch_list):
-        if program is not self.program or list(feed) != ["image"] or len(fetch_list) != 1 \
-                or fetch_list[0] is not self.feature:
-            raise ValueError("an InferenceExecutor runs its feature program only: image in, feature out")
-        self.input.copy_from_cpu(np.ascontiguousarray(feed["image"], dtype=np.float32))
-        self.predictor.run()
-        # A run leaves this thread's CPU math library on one thread, which would halve the speed of Paddle's default
-        # kernels in the training that goes on after a test: batch norm, pooling, the losses (measured: a ResNet18
-        # step on the default kernels at 3x224x224 went from 4.8 to 3.4 images/s, and from 2 busy cores to 1.1).
-        paddle.base.core.set_num_threads(self.threads)
-        return [self.output.copy_to_cpu()]

@@ -17,7 +17,7 @@ import paddle
 
 import models
 import utility
-from core import distributed, onednn, pretrained
+from core import distributed, onednn, predictor, pretrained
 
 TrainProgram = collections.namedtuple("TrainProgram", "program startup image label feature loss accuracies scheduler")
 FeatureProgram = collections.namedtuple("FeatureProgram", "program startup image feature")
@@ -29,11 +29,13 @@ INITIAL_LOSS_SCALING = 2.0 ** 15
 TEST_LOG_EVERY = 20  # batches between the test passes' log lines when no progress bar shows
 
 
+def gpu_id():
+    """This process's GPU: paddle.distributed.launch gives each process its own card through FLAGS_selected_gpus."""
+    return int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])
+
+
 def make_place(use_gpu):
-    if not use_gpu:
-        return paddle.CPUPlace()
-    # paddle.distributed.launch gives each process its own card through FLAGS_selected_gpus.
-    return paddle.CUDAPlace(int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0]))
+    return paddle.CUDAPlace(gpu_id()) if use_gpu else paddle.CPUPlace()
 
 
 LR_STRATEGIES = ("piecewise_decay", "cosine_decay")
@@ -177,11 +179,12 @@ def extract_features(executor, feature_program, batches, num_images=None, descri
     return np.concatenate(features), joined_tags
 
 
-def load_feature_program(args, log, use_mkldnn=False):
+def load_feature_program(args, log, use_predictor=False):
     """Builds the feature program, initialises it and loads `--pretrained_model`; returns (executor, program).
 
-    With `use_mkldnn` on CPU the executor is an `onednn.InferenceExecutor`: the weights are final here, so Paddle
-    Inference's predictor may fold and fuse them, the fastest way Paddle has to run the program on a CPU.
+    With `use_predictor` the executor is a `predictor.InferenceExecutor` on the GPU with --use_gpu, on the CPU with
+    --use_mkldnn: the weights are final here, so Paddle Inference's predictor may fold and fuse them, the fastest way
+    Paddle has to run the program. Without, or on a CPU with --use_mkldnn=False, Paddle's executor.
     """
     paddle.enable_static()
     # Without --pretrained_model the network is a random one: the same random one every run (training's default
@@ -195,8 +198,10 @@ def load_feature_program(args, log, use_mkldnn=False):
         pretrained.load_pretrained(feature_program.program, args.pretrained_model, log=log)
     else:
         log("no --pretrained_model: using randomly initialised weights")
-    if onednn.wanted(args.use_gpu, use_mkldnn):
-        return onednn.InferenceExecutor(feature_program, executor), feature_program
+    if use_predictor and args.use_gpu:
+        return predictor.InferenceExecutor(feature_program, executor, gpu_id()), feature_program
+    if use_predictor and onednn.wanted(args.use_gpu, args.use_mkldnn):
+        return predictor.InferenceExecutor(feature_program, executor), feature_program
     return executor, feature_program
 
 

@@ -17,8 +17,8 @@ import paddle
 import losses
 import reader
 import utility
-from core import (checkpoint, distributed, flags, image_ops, metrics, onednn, pretrained, programs, run_log,
-                  samplers)
+from core import (checkpoint, distributed, flags, image_ops, metrics, onednn, predictor, pretrained, programs,
+                  run_log, samplers)
 from utility import flag_error, log
 
 BEST_CHECKPOINT = "best"  # model_save_dir/<model>/best: the weights of the best test Recall@1
@@ -231,7 +231,8 @@ class TrainingRun:
         # On CPU a predictor made from this iteration's weights: it takes a second or two to make, and extracts
         # features 1.1 to 1.5 times as fast as the feature program with its own image ops on oneDNN did
         # (docs/benchmarks.md).
-        executor = onednn.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn else self.executor
+        executor = (predictor.InferenceExecutor(self.feature_program, self.executor) if self.use_onednn
+                    else self.executor)
         num_images, recall = test_recall(executor, self.feature_program, self.data.test_list, self.args)
         log("test_img_num %d, trainbatch %d, test_recall %.5f" % (num_images, self.iteration, recall))
         self.last_test = (self.iteration, recall)

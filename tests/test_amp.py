@@ -27,9 +27,12 @@ def test_bfloat16_trains_on_cpu_close_to_float32(toy_root, tmp_path, capsys):
     train_elem.main(flags + ["--use_amp=True", "--amp_dtype=bfloat16"])
     bfloat16_losses = logged_losses(capsys.readouterr().out)
     assert len(bfloat16_losses) == 3 and np.all(np.isfinite(bfloat16_losses))
-    np.testing.assert_allclose(bfloat16_losses, float32_losses, rtol=0.02)
-    # Same weights and images at the first step: only the arithmetic differs, and it does.
+    # Same weights and images at the first step: only the forward arithmetic differs, and it does. After it the
+    # weights differ too: convolutions and their gradients run in bfloat16 (8 bits of mantissa) on oneDNN, whose
+    # rounding at a batch of 8 moves the next losses by a few percent (bench/amp_recall.py follows a whole run).
+    np.testing.assert_allclose(bfloat16_losses[0], float32_losses[0], rtol=0.01)
     assert bfloat16_losses[0] != float32_losses[0]
+    np.testing.assert_allclose(bfloat16_losses[1:], float32_losses[1:], rtol=0.05)
 
 
 def result_dtypes(program, op_name):

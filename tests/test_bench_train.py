@@ -23,6 +23,12 @@ def test_quick_run_prints_a_row_per_loss_and_a_feature_row(tmp_path, capsys):
         assert row[4:11] == ["%.1f" % fast, "%.1f" % e2e, "%.2f" % (e2e / fast), "%.1f" % default,
                              "%.1f" % (fast / default), "%.1f" % dynamic, "%.1f" % (fast / dynamic)]
         assert row[11:] == ["-", "-"]  # no PyTorch asked for
+    bfloat16 = table_rows(output, 10, "model")
+    assert [row[3] for row in bfloat16] == ["arcmargin", "eml"]
+    for row in bfloat16:
+        fast, low = group.median((row[3], "oneDNN")), group.median((row[3], "bfloat16"))
+        assert low > 0 and row[4:7] == ["%.1f" % fast, "%.1f" % low, "%.2f" % (low / fast)]
+        assert row[7:] == ["-", "-", "-"]
     (features,) = table_rows(output, 8, "model")
     assert features[:3] == ["ResNet18", "3x32x32", "4"] and min(float(value) for value in features[3:6]) > 0
 

@@ -21,7 +21,7 @@ PAGES = ["README.md", "README_cn.md"] + sorted(os.path.relpath(path, ROOT)
                                                for path in glob.glob(os.path.join(ROOT, "docs", "*.md")))
 # Flags of other programs the pages show: Paddle's distributed launcher and VisualDL's server.
 FOREIGN_FLAGS = {"--gpus", "--nproc_per_node", "--ips", "--master", "--nnodes", "--logdir", "--port"}
-BENCHMARKS = ("chaos", "eval_speed", "loss_recall", "loss_speed", "reader_throughput", "search_speed",
+BENCHMARKS = ("amp_recall", "chaos", "eval_speed", "loss_recall", "loss_speed", "reader_throughput", "search_speed",
               "train_throughput")
 
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")

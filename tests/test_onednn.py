@@ -15,7 +15,7 @@ import export_model
 import losses
 import models
 import train_elem
-from core import onednn, programs
+from core import onednn, predictor, programs
 
 pytestmark = pytest.mark.skipif(not onednn.available(), reason="this Paddle was built without oneDNN")
 SHAPE = (3, 32, 32)
@@ -129,8 +129,8 @@ def test_eval_and_infer_get_paddle_inference_with_the_same_features(model):
     args = eval_script.make_parser().parse_args(["--model=%s" % model, "--embedding_size=8", "--image_shape=3,32,32",
                                                  "--use_gpu=False"])
     with paddle.static.scope_guard(paddle.static.Scope()):
-        fast, feature_program = programs.load_feature_program(args, lambda message: None, args.use_mkldnn)
-        assert isinstance(fast, onednn.InferenceExecutor)
+        fast, feature_program = programs.load_feature_program(args, lambda message: None, use_predictor=True)
+        assert isinstance(fast, predictor.InferenceExecutor)
         default = paddle.static.Executor(paddle.CPUPlace())
         for batch_size in (4, 3):  # the last batch of a list is often short
             feed = {"image": images(batch_size, seed=batch_size)}
@@ -141,7 +141,8 @@ def test_eval_and_infer_get_paddle_inference_with_the_same_features(model):
             np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
         with pytest.raises(ValueError, match="its feature program only"):
             fast.run(paddle.static.Program(), feed=feed, fetch_list=fetch)
-        plain, _ = programs.load_feature_program(args, lambda message: None, use_mkldnn=False)
+        args.use_mkldnn = False
+        plain, _ = programs.load_feature_program(args, lambda message: None, use_predictor=True)
         assert isinstance(plain, paddle.static.Executor)
 
 
@@ -162,7 +163,7 @@ def test_a_predictor_made_during_training_extracts_with_the_current_weights():
             executor.run(train_program.program, feed={"image": images(8, seed=step),
                                                       "label": np.repeat(np.arange(4), 2).reshape(-1, 1)})
             (expected,) = executor.run(feature_program.program, feed=feed, fetch_list=fetch)
-            (result,) = onednn.InferenceExecutor(feature_program, executor).run(feature_program.program, feed, fetch)
+            (result,) = predictor.InferenceExecutor(feature_program, executor).run(feature_program.program, feed, fetch)
             np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
             extracted.append(result)
         assert np.abs(extracted[1] - extracted[0]).max() > 1e-3 * np.abs(extracted[0]).max()  # the step moved them
