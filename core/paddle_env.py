@@ -17,6 +17,10 @@ import utility
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_variable, str(os.cpu_count() or 1))
 os.environ.setdefault("GLOG_minloglevel", "2")
+# NumPy's OpenBLAS threads spin for about 0.1 s after each product before they sleep: between the metrics' blocks
+# that burnt a core for the NumPy passes to compete with (bench/eval_speed.py, CPU time 1.17x the bare products
+# against 1.09x when they sleep at once). Paddle's own kernels do not use it.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 warnings.filterwarnings("ignore", category=UserWarning, module=r"paddle\.")
 
 
