@@ -26,6 +26,7 @@ sys.path.insert(0, ROOT)
 
 import losses  # noqa: E402
 import utility  # noqa: E402
+from bench import bench_flags  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 START_LOSS = "arcmargin"  # the classifier run whose checkpoint the pair losses start from
@@ -54,29 +55,17 @@ def make_parser():
                                                    "training images). Default: %(default)s.")
     add("--xbm_start_iter", type=int, default=50, help="Iterations before the memory is used. Default: %(default)s.")
     add("--seeds", type=utility.parse_int_list, default=[0], help="Seeds; one row per seed. Default: 0.")
-    add("--train_classes", type=int, default=300, help="Toy training products. Default: %(default)s.")
-    add("--test_classes", type=int, default=300, help="Toy test products. Default: %(default)s.")
-    add("--image_size", type=int, default=80, help="Toy JPEG side. Default: %(default)s.")
-    add("--work_dir", default="/tmp/loss_recall", help="Data set, checkpoints and logs. Default: %(default)s.")
-    add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    bench_flags.add_toy_set_flags(parser, "/tmp/loss_recall")
+    bench_flags.add_quick_flag(parser, QUICK)
     return parser
 
 
 def parse_args(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if args.quick:  # the user's own flags after QUICK, so that they win
-        args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))
-    args.losses = args.losses.split(",")
-    for name in args.losses:
-        if name not in losses.LOSSES:
-            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(losses.LOSSES)))
-    if args.batch_size % 6:
-        utility.flag_error("batch_size", "must be divisible by 6 (pairs and triples), got %d" % args.batch_size)
+    args = bench_flags.parse_args(make_parser(), QUICK, argv)
+    args.losses = bench_flags.registered_names("losses", args.losses, losses.LOSSES)
+    bench_flags.check_pair_batch(args)
     if args.batch_size % args.samples_each_class:
         utility.flag_error("samples_each_class", "must divide --batch_size=%d" % args.batch_size)
-    if args.xbm_size < args.batch_size:
-        utility.flag_error("xbm_size", "must hold a batch: at least --batch_size=%d" % args.batch_size)
     return args
 
 

@@ -37,6 +37,7 @@ import losses  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import utility  # noqa: E402
+from bench import bench_flags  # noqa: E402
 from core import trainer  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
@@ -60,27 +61,17 @@ def make_parser():
     add("--rounds", type=int, default=3, help="Measurements per configuration; medians are shown. Default: 3.")
     add("--classes", type=int, default=40, help="Products in the toy training split. Default: %(default)s.")
     add("--work_dir", default="/tmp/loss_speed", help="Data set and checkpoint directory. Default: %(default)s.")
-    add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    bench_flags.add_quick_flag(parser, QUICK)
     return parser
 
 
 def parse_args(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if args.quick:  # the user's own flags after QUICK, so that they win
-        args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))
-    args.losses = args.losses.split(",")
-    for name in args.losses:
-        if name not in losses.LOSSES:
-            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(losses.LOSSES)))
-    if args.batch_size % 6:
-        utility.flag_error("batch_size", "must be divisible by 6 (pairs of a class and triples), got %d"
-                           % args.batch_size)
+    args = bench_flags.parse_args(make_parser(), QUICK, argv)
+    args.losses = bench_flags.registered_names("losses", args.losses, losses.LOSSES)
+    bench_flags.check_pair_batch(args)
     for flag in ("steps", "loss_steps", "rounds", "side", "embedding_size"):
         if getattr(args, flag) < 1:
             utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
-    if args.xbm_size < args.batch_size:
-        utility.flag_error("xbm_size", "must hold a batch: at least --batch_size=%d" % args.batch_size)
     return args
 
 

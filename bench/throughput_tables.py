@@ -91,7 +91,8 @@ def print_gpu_tables(groups, torch_median):
                      cell(ratio(float16, torch_float16), 2)))
     print("\nFeature extraction on the GPU, images/s (median of rounds): eval.py and infer.py (Paddle Inference's GPU "
           "predictor), against Paddle's executor\n")
-    print("| model | input | batch | GPU predictor | executor | predictor / executor | PyTorch eval | Paddle / PyTorch |")
+    print("| model | input | batch | GPU predictor | executor | predictor / executor | PyTorch eval "
+          "| Paddle / PyTorch |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for group in groups:
         fast, plain = group.median(("features", "predictor")), group.median(("features", "executor"))

@@ -53,6 +53,7 @@ import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 import utility  # noqa: E402
 from core import predictor, programs, trainer  # noqa: E402
+from bench import bench_flags  # noqa: E402
 from bench.throughput_tables import print_tables  # noqa: E402
 from bench.timing import images_per_second  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
@@ -97,22 +98,14 @@ def make_parser():
     add("--use_gpu", type=utility.str2bool, default=False, help="Time GPU 0 (a CUDA build of Paddle): float32 and "
         "float16 AMP. Default: False.")
     add("--work_dir", default="/tmp/train_throughput", help="Data sets and checkpoint directory. Default: %(default)s.")
-    add("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(QUICK))
+    bench_flags.add_quick_flag(parser, QUICK)
     return parser
 
 
 def parse_args(argv=None):
-    parser = make_parser()
-    args = parser.parse_args(argv)
-    if args.quick:  # the user's own flags after QUICK, so that they win
-        args = parser.parse_args(QUICK + (sys.argv[1:] if argv is None else argv))
-    args.models, args.losses = args.models.split(","), args.losses.split(",")
-    for name in args.models:
-        if name not in models.MODELS:
-            utility.flag_error("models", "%r is not one of %s" % (name, ", ".join(models.MODELS)))
-    for name in args.losses:
-        if name not in losses.LOSSES:
-            utility.flag_error("losses", "%r is not one of %s" % (name, ", ".join(losses.LOSSES)))
+    args = bench_flags.parse_args(make_parser(), QUICK, argv)
+    args.models = bench_flags.registered_names("models", args.models, models.MODELS)
+    args.losses = bench_flags.registered_names("losses", args.losses, losses.LOSSES)
     for flag in ("batch_sizes", "feature_batch_sizes"):
         if len(getattr(args, flag)) != len(args.sides):
             utility.flag_error(flag, "needs one value per --sides entry")

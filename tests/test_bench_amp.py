@@ -1,19 +1,35 @@
-"""bench/amp_recall.py on a tiny data set: both runs train, the table's rows are their logged losses, the difference
-is the arithmetic of the parsed figures."""
+"""bench/amp_recall.py on a tiny data set with two seeds: every run trains, the loss table's rows are the seeds'
+mean logged losses, the Recall@1 table's rows each seed's final figures and their mean, all recomputed here from
+the parsed figures."""
 from bench_tools import load_bench, table_rows
 
 
-def test_quick_run_compares_the_two_curves_and_recalls(tmp_path, capsys):
+def test_quick_run_compares_the_curves_and_recalls_of_each_seed(tmp_path, capsys):
     bench = load_bench("amp_recall")
     curves, recalls = bench.main(["--quick", "--work_dir=%s" % tmp_path])
     output = capsys.readouterr().out
-    table = table_rows(output, 4, "iteration")
-    rows = [row for row in table if row[0].isdigit()]
-    assert [int(row[0]) for row in rows] == [2, 4] == sorted(curves["float32"]) == sorted(curves["bfloat16"])
-    for iteration, shown_float32, _, difference in rows:
-        assert shown_float32 == "%.4f" % curves["float32"][int(iteration)]
-        float32, bfloat16 = curves["float32"][int(iteration)], curves["bfloat16"][int(iteration)]
+    assert sorted(curves["float32"]) == sorted(curves["bfloat16"]) == [0, 1]
+    for dtype in ("float32", "bfloat16"):
+        for seed in (0, 1):
+            assert sorted(curves[dtype][seed]) == [2, 4]
+            assert (tmp_path / ("%s_seed%d.log" % (dtype, seed))).is_file()
+            assert 0 <= recalls[dtype][seed] <= 1
+
+    loss_table, recall_table = output.split("Recall@1 after")
+    loss_rows = [row for row in table_rows(loss_table, 4, "iteration") if row[0].isdigit()]
+    assert [int(row[0]) for row in loss_rows] == [2, 4]
+    for iteration, shown_float32, shown_bfloat16, difference in loss_rows:
+        float32, bfloat16 = ((curves[dtype][0][int(iteration)] + curves[dtype][1][int(iteration)]) / 2
+                             for dtype in ("float32", "bfloat16"))
+        assert (shown_float32, shown_bfloat16) == ("%.4f" % float32, "%.4f" % bfloat16)
         assert difference == "%+.2f%%" % (100 * (bfloat16 - float32) / abs(float32))
-    (summary,) = [row for row in table if row[0].startswith("Recall@1")]
-    assert summary[3] == "%+.2f points" % (100 * (recalls["bfloat16"] - recalls["float32"]))
-    assert 0 <= recalls["float32"] <= 1 and 0 <= recalls["bfloat16"] <= 1
+
+    recall_rows = table_rows(recall_table, 4, "seed")
+    assert [row[0] for row in recall_rows] == ["0", "1", "mean"]
+    for seed, shown_float32, shown_bfloat16, points in recall_rows[:2]:
+        float32, bfloat16 = recalls["float32"][int(seed)], recalls["bfloat16"][int(seed)]
+        assert (shown_float32, shown_bfloat16) == ("%.2f%%" % (100 * float32), "%.2f%%" % (100 * bfloat16))
+        assert points == "%+.2f points" % (100 * (bfloat16 - float32))
+    float32, bfloat16 = ((recalls[dtype][0] + recalls[dtype][1]) / 2 for dtype in ("float32", "bfloat16"))
+    assert recall_rows[2][1:] == ["%.2f%%" % (100 * float32), "%.2f%%" % (100 * bfloat16),
+                                  "%+.2f points" % (100 * (bfloat16 - float32))]

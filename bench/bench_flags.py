@@ -1,0 +1,44 @@
+"""Flags the benchmarks share: --quick (a smoke test's tiny sizes), names checked against a registry, the toy data
+set's size, and the batch a pair-loss comparison needs. Paddle-free, like utility, so light benchmarks stay light."""
+import sys
+
+import utility
+
+
+def add_quick_flag(parser, quick_flags):
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes for a smoke test: %s." % " ".join(quick_flags))
+
+
+def parse_args(parser, quick_flags, argv=None):
+    """`parser`'s flags; with --quick, `quick_flags` first and then the user's own, so that theirs win."""
+    args = parser.parse_args(argv)
+    if args.quick:
+        args = parser.parse_args(quick_flags + (sys.argv[1:] if argv is None else argv))
+    return args
+
+
+def registered_names(flag, text, registry):
+    """The comma-separated names of `--flag=text`, each checked against `registry` (exit 2 naming the flag)."""
+    names = text.split(",")
+    for name in names:
+        if name not in registry:
+            utility.flag_error(flag, "%r is not one of %s" % (name, ", ".join(registry)))
+    return names
+
+
+def add_toy_set_flags(parser, work_dir, classes=300, image_size=80):
+    add = parser.add_argument
+    add("--train_classes", type=int, default=classes, help="Toy training products. Default: %(default)s.")
+    add("--test_classes", type=int, default=classes, help="Toy test products. Default: %(default)s.")
+    add("--image_size", type=int, default=image_size, help="Toy JPEG side. Default: %(default)s.")
+    add("--work_dir", default=work_dir, help="Data set, checkpoints and logs. Default: %(default)s.")
+
+
+def check_pair_batch(args):
+    """Every pair loss, with or without its memory, takes `args.batch_size`: pairs and triples of a class fill it,
+    and the cross-batch memory holds one."""
+    if args.batch_size % 6:
+        utility.flag_error("batch_size", "must be divisible by 6 (pairs of a class and triples), got %d"
+                           % args.batch_size)
+    if args.xbm_size < args.batch_size:
+        utility.flag_error("xbm_size", "must hold a batch: at least --batch_size=%d" % args.batch_size)
