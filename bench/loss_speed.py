@@ -1,6 +1,6 @@
 """Training-step time of every loss, and what the cross-batch memory adds to it, on CPU.
 
-    python bench/loss_speed.py            # ResNet18, 3x64x64, batch 30, 512-d, memory of 8192: about 15 minutes
+    python bench/loss_speed.py            # ResNet18, 3x64x64, batch 30, 512-d, memory of 8192: 1 to 15 minutes
     python bench/loss_speed.py --quick    # a smoke test at tiny sizes
 
 For every loss of the registry (train_elem.py's and train_pair.py's; the triplet loss also with each --miner) a

@@ -21,6 +21,10 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 # that burnt a core for the NumPy passes to compete with (bench/eval_speed.py, CPU time 1.17x the bare products
 # against 1.09x when they sleep at once). Paddle's own kernels do not use it.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+# Paddle's CPU matrix products go through the MKL it ships (mklml), which on a non-Intel CPU takes its generic SSE
+# path; this variable, which that MKL still reads, lets it take its AVX2 kernels on AMD CPUs (ignored on Intel's).
+# The cross-batch memory's 30 x 512 x 8192 product and its gradient: 9.4 -> 3.2 ms on this machine's AMD EPYC.
+os.environ.setdefault("MKL_DEBUG_CPU_TYPE", "5")
 warnings.filterwarnings("ignore", category=UserWarning, module=r"paddle\.")
 
 

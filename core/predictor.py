@@ -2,7 +2,7 @@
 scripts' periodic test extract features.
 
 The predictor's passes fold batch norm into the convolutions and fuse relu and the residual additions into them,
-from the weights as they are when it is made; on a CPU it runs them with oneDNN (6 to 12 times Paddle's default
+from the weights as they are when it is made; on a CPU it runs them with oneDNN (3 to 6 times Paddle's default
 kernels, docs/benchmarks.md), on a GPU with CUDA. `InferenceExecutor` stands in for the `paddle.static.Executor` of
 that one program.
 """
