@@ -61,18 +61,9 @@ def print_cpu_tables(groups, torch_median, bf16):
                       % (shape(group), group.batch_size, loss, cell(fast), cell(bfloat16),
                          cell(ratio(bfloat16, fast), 2), cell(torch_float32), cell(torch_bf16),
                          cell(ratio(bfloat16, torch_bf16), 2)))
-    print("\nFeature extraction, images/s (median of rounds): eval.py, infer.py and the training scripts' test "
-          "(Paddle Inference with oneDNN), against Paddle's default kernels\n")
-    print("| model | input | batch | oneDNN predictor | default kernels | oneDNN / default | PyTorch eval "
-          "| Paddle / PyTorch |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for group in groups:
-        fast, default = group.median(("features", "predictor")), group.median(("features", "executor"))
-        torch_eval = torch_median(group, "eval", "float32")
-        print("| %s | %d | %s | %s | %s | %s | %s |"
-              % (shape(group), group.feature_batch_size, cell(fast), cell(default), cell(ratio(fast, default), 1),
-                 cell(torch_eval), cell(ratio(fast, torch_eval), 2)))
-
+    print_feature_table(groups, torch_median, "Feature extraction, images/s (median of rounds): eval.py, infer.py and "
+                        "the training scripts' test (Paddle Inference with oneDNN), against Paddle's default kernels",
+                        ("oneDNN predictor", "default kernels", "oneDNN / default"))
 
 def print_gpu_tables(groups, torch_median):
     print("\nTraining step on the GPU, images/s (median of rounds); compute: one pre-made batch fed every step\n")
@@ -89,10 +80,16 @@ def print_gpu_tables(groups, torch_median):
                      cell(ratio(float16, float32), 2), cell(e2e), cell(ratio(e2e, float32), 2), cell(torch_float32),
                      cell(torch_float16), cell(ratio(float32, torch_float32), 2),
                      cell(ratio(float16, torch_float16), 2)))
-    print("\nFeature extraction on the GPU, images/s (median of rounds): eval.py and infer.py (Paddle Inference's GPU "
-          "predictor), against Paddle's executor\n")
-    print("| model | input | batch | GPU predictor | executor | predictor / executor | PyTorch eval "
-          "| Paddle / PyTorch |")
+    print_feature_table(groups, torch_median, "Feature extraction on the GPU, images/s (median of rounds): eval.py and "
+                        "infer.py (Paddle Inference's GPU predictor), against Paddle's executor",
+                        ("GPU predictor", "executor", "predictor / executor"))
+
+
+def print_feature_table(groups, torch_median, title, columns):
+    """Paddle Inference's predictor against Paddle's executor, and against PyTorch's eval; `columns` names the first
+    two and their ratio."""
+    print("\n%s\n" % title)
+    print("| model | input | batch | %s | %s | %s | PyTorch eval | Paddle / PyTorch |" % columns)
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for group in groups:
         fast, plain = group.median(("features", "predictor")), group.median(("features", "executor"))
