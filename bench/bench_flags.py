@@ -26,6 +26,13 @@ def registered_names(flag, text, registry):
     return names
 
 
+def check_at_least_one(args, flags):
+    """Exit 2 naming the first of `flags` (counts: steps, rounds, sizes) that is below 1."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
+
+
 def add_toy_set_flags(parser, work_dir, classes=300, image_size=80):
     add = parser.add_argument
     add("--train_classes", type=int, default=classes, help="Toy training products. Default: %(default)s.")

@@ -36,7 +36,6 @@ import paddle  # noqa: E402
 import losses  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
-import utility  # noqa: E402
 from bench import bench_flags  # noqa: E402
 from core import trainer  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
@@ -69,9 +68,7 @@ def parse_args(argv=None):
     args = bench_flags.parse_args(make_parser(), QUICK, argv)
     args.losses = bench_flags.registered_names("losses", args.losses, losses.LOSSES)
     bench_flags.check_pair_batch(args)
-    for flag in ("steps", "loss_steps", "rounds", "side", "embedding_size"):
-        if getattr(args, flag) < 1:
-            utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
+    bench_flags.check_at_least_one(args, ("steps", "loss_steps", "rounds", "side", "embedding_size"))
     return args
 
 

@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import reader  # noqa: E402
 import utility  # noqa: E402
+from bench import bench_flags  # noqa: E402
 from core import image_ops, samplers  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
@@ -72,9 +73,8 @@ def parse_args(argv=None):
     args = make_parser().parse_args(argv)
     if min(args.workers) < 0:
         utility.flag_error("workers", "worker counts cannot be negative, got %s" % args.workers)
-    for flag in ("batch_size", "batches", "toy_batches", "repeats", "large_classes", "toy_classes"):
-        if getattr(args, flag) < 1:
-            utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
+    bench_flags.check_at_least_one(args, ("batch_size", "batches", "toy_batches", "repeats", "large_classes",
+                                         "toy_classes"))
     return args
 
 

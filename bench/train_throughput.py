@@ -109,9 +109,7 @@ def parse_args(argv=None):
     for flag in ("batch_sizes", "feature_batch_sizes"):
         if len(getattr(args, flag)) != len(args.sides):
             utility.flag_error(flag, "needs one value per --sides entry")
-    for flag in ("steps", "e2e_steps", "reference_steps", "rounds", "classes"):
-        if getattr(args, flag) < 1:
-            utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
+    bench_flags.check_at_least_one(args, ("steps", "e2e_steps", "reference_steps", "rounds", "classes"))
     return args
 
 
