@@ -170,13 +170,6 @@ def _run_batches(decoder, tasks, num_workers, batch_size, image_shape, max_bad_i
             yield images, labels
 
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
-def _is_image_name(path):
-    return path.lower().endswith(IMAGE_EXTENSIONS)
-
-
 def _unlabelled(list_path, paths):
     ids = np.arange(1, len(paths) + 1, dtype=np.int64)
     return ImageList(list_path, os.path.dirname(os.path.abspath(list_path)), ids, None, None, paths)
@@ -213,13 +206,14 @@ def read_images(path):
     """
     if os.path.isdir(path):
         found = sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
-                       if _is_image_name(name))
+                       if image_ops.is_image_name(name))
         if not found:
-            raise ListFormatError("%s: no image files (%s) in this folder" % (path, " ".join(IMAGE_EXTENSIONS)))
+            raise ListFormatError("%s: no image files (%s) in this folder"
+                                  % (path, " ".join(image_ops.IMAGE_EXTENSIONS)))
         return _unlabelled(os.path.join(path, ""), found)
     if not os.path.exists(path):
         raise ListFormatError("%s: no such file or directory" % path)
-    if _is_image_name(path):
+    if image_ops.is_image_name(path):
         return _unlabelled(path, [os.path.abspath(path)])
     with open(path, "rb") as list_file:
         head = list_file.read(4096).decode("utf-8-sig", "replace")

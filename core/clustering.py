@@ -16,7 +16,7 @@ draw different starting items, so their results differ slightly; the result says
 import numpy as np
 import scipy.sparse
 
-from core import similarity
+from core import faiss_search, similarity
 
 DEFAULT_ITERATIONS = 20
 KMEANS_BACKENDS = ("auto", "numpy", "faiss")
@@ -102,14 +102,6 @@ def _faiss_kmeans(points, num_clusters, seed, iterations):
     return kmeans.index.search(points, 1)[1].ravel().astype(np.int64)
 
 
-def faiss_available():
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def kmeans(features, num_clusters, seed=0, iterations=DEFAULT_ITERATIONS, backend="auto",
            memory_mb=similarity.DEFAULT_MEMORY_MB):
     """Cluster index of each L2-normalised feature and the implementation that ran ('faiss' or 'numpy')."""
@@ -117,7 +109,7 @@ def kmeans(features, num_clusters, seed=0, iterations=DEFAULT_ITERATIONS, backen
         raise ValueError("k-means backend must be one of %s, got %r" % (", ".join(KMEANS_BACKENDS), backend))
     points = similarity.l2_normalize(features)
     num_clusters = min(int(num_clusters), len(points))
-    if backend == "faiss" or (backend == "auto" and faiss_available()):
+    if backend == "faiss" or (backend == "auto" and faiss_search.available()):
         return _faiss_kmeans(points, num_clusters, seed, iterations), "faiss"
     return _numpy_kmeans(points, num_clusters, seed, iterations, memory_mb), "numpy"
 

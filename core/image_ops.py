@@ -21,6 +21,8 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
 ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 MAX_ROTATION_DEGREES = 10
+# File names taken for images where a folder is read (infer.py and search.py --image_dir, data/prepare_folder.py).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # Training augmentation, built once from --crop_scale_min, --random_flip and --rotate.
 Augmentation = collections.namedtuple("Augmentation", "crop_scale_min random_flip rotate")
@@ -32,6 +34,10 @@ class BadImageError(Exception):
     def __init__(self, path, reason):
         super().__init__("%s: %s" % (path, reason))
         self.path = path
+
+
+def is_image_name(path):
+    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def load_rgb(path):

@@ -19,9 +19,6 @@ from core import image_ops  # noqa: E402
 from data.prepare_common import DatasetError, ListEntry, converter_parser, run, write_lists  # noqa: E402
 from utility import Flag, progress_bar  # noqa: E402
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def _fraction(value):
     return None if 0 < value < 1 else "must be between 0 and 1 (exclusive), got %s" % value
 
@@ -51,7 +48,7 @@ def class_images(data_dir, folder):
     """The image files of one class folder, relative to data_dir, and how many other files it holds."""
     names = [name for name in _visible(os.path.join(data_dir, folder))
              if os.path.isfile(os.path.join(data_dir, folder, name))]
-    images = [os.path.join(folder, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    images = [os.path.join(folder, name) for name in names if image_ops.is_image_name(name)]
     return images, len(names) - len(images)
 
 
@@ -80,7 +77,8 @@ def convert(data_dir, test_ratio, seed, super_classes):
     empty = [folder for _, folder in classes if not images[folder]]
     if empty:
         raise DatasetError("%s: %d class folders hold no image (%s), the first: %s"
-                           % (data_dir, len(empty), "/".join(IMAGE_EXTENSIONS), os.path.join(data_dir, empty[0])))
+                           % (data_dir, len(empty), "/".join(image_ops.IMAGE_EXTENSIONS),
+                              os.path.join(data_dir, empty[0])))
     check_images_open(data_dir, [path for folder in images.values() for path in folder])
     order = np.random.default_rng(seed).permutation(len(classes))
     num_test = min(len(classes) - 1, max(1, int(math.floor(test_ratio * len(classes) + 0.5))))
@@ -95,7 +93,8 @@ def convert(data_dir, test_ratio, seed, super_classes):
                                              os.path.join(data_dir, path)))
     lines = write_lists(data_dir, lists)
     if skipped:
-        lines.append("left out %d files without an image extension (%s)" % (skipped, " ".join(IMAGE_EXTENSIONS)))
+        lines.append("left out %d files without an image extension (%s)"
+                     % (skipped, " ".join(image_ops.IMAGE_EXTENSIONS)))
     num_train_classes = len(classes) - num_test
     lines.append("next: python train_elem.py --data_dir=%s --class_dim=%d --loss_name=arcmargin ..."
                  % (data_dir, num_train_classes))
