@@ -10,7 +10,7 @@ import shutil
 
 import core  # noqa: F401  (first: thread counts and signal handling are set before NumPy and Paddle load)
 import utility
-from core import checkpoint, flags, programs
+from core import checkpoint, flags, predictor, programs
 from utility import log
 
 EXPORT_PREFIX = "inference"
@@ -33,7 +33,7 @@ def export(executor, feature_program, target):
     shutil.rmtree(staging, ignore_errors=True)
     try:
         with utility.signals_held():
-            programs.save_inference_model(feature_program, executor, os.path.join(staging, EXPORT_PREFIX))
+            predictor.save_inference_model(feature_program, executor, os.path.join(staging, EXPORT_PREFIX))
         if os.path.isdir(target):
             shutil.rmtree(target)
         os.rename(staging, target)

@@ -79,7 +79,7 @@ def extract(args, executor, feature_program, image_list, rank, world_size):
     return distributed.gather_rows(features, rank, world_size)
 
 
-def saved_features(args, executor, feature_program):
+def saved_features(args, feature_program):
     """infer.py --save_features output: features, paths, and labels from --images if it is an SOP list of them."""
     try:
         features = np.load(args.features, mmap_mode="r")
@@ -87,7 +87,7 @@ def saved_features(args, executor, feature_program):
             paths = listing.read().split("\n")[:-1]
     except (OSError, ValueError) as error:
         raise SearchError("--features: %s" % error) from None
-    size = programs.feature_size(executor, feature_program, args.image_shape)
+    size = programs.feature_size(feature_program)
     if features.ndim != 2 or features.shape != (len(paths), size):
         raise SearchError("%s holds features of shape %s; %s gives %d-d features and %s lists %d paths: extract "
                           "them with the same model flags" % (args.features, features.shape, args.model, size,
@@ -104,7 +104,7 @@ def saved_features(args, executor, feature_program):
 def new_images(args, executor, feature_program, rank, world_size):
     """(features, paths, labels) to index, on process 0; None on the others."""
     if args.features:
-        return None if rank else saved_features(args, executor, feature_program)
+        return None if rank else saved_features(args, feature_program)
     image_list = reader.read_images(args.images)
     features = extract(args, executor, feature_program, image_list, rank, world_size)
     return None if rank else (features, image_list.paths, image_list.class_ids)

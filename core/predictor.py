@@ -17,6 +17,12 @@ import utility
 GPU_MEMORY_POOL_MB = 256  # the predictor's first GPU memory pool; it grows as needed
 
 
+def save_inference_model(feature_program, executor, prefix):
+    """Writes the feature program with the weights `executor`'s scope holds: prefix.json and prefix.pdiparams."""
+    paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
+                                       program=feature_program.program)
+
+
 class InferenceExecutor:
     """Runs a feature program through Paddle Inference's predictor, with the weights `executor`'s scope holds now: on
     the CPU with oneDNN, or on GPU `gpu_id`.
@@ -29,8 +35,7 @@ class InferenceExecutor:
         self.program, self.feature = feature_program.program, feature_program.feature
         with utility.signals_held(), tempfile.TemporaryDirectory() as directory:
             prefix = os.path.join(directory, "inference")
-            paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
-                                               program=feature_program.program)
+            save_inference_model(feature_program, executor, prefix)
             config = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
             self.threads = int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
             if gpu_id is None:

@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import inspect
 import os
-import sys
 import time
 
 import numpy as np
@@ -147,12 +146,6 @@ def build_feature_program(model_name, embedding_size, image_shape):
     return FeatureProgram(program, startup, image, feature)
 
 
-def save_inference_model(feature_program, executor, prefix):
-    """Writes the feature program with the weights `executor`'s scope holds: prefix.json and prefix.pdiparams."""
-    paddle.static.save_inference_model(prefix, [feature_program.image], [feature_program.feature], executor,
-                                       program=feature_program.program)
-
-
 def extract_features(executor, feature_program, batches, num_images=None, description="features"):
     """Runs the feature program over `(images, tags)` batches; returns the stacked features and the tags.
 
@@ -162,7 +155,6 @@ def extract_features(executor, feature_program, batches, num_images=None, descri
     original's logs, every 20th batch logs `testbatch N, time T sec`.
     """
     features, tags = [], []
-    logs_batches = not sys.stdout.isatty()
     with contextlib.closing(batches), utility.progress_bar(num_images, description) as bar:
         for batch_id, (images, batch_tags) in enumerate(batches):
             started = time.time()
@@ -171,7 +163,7 @@ def extract_features(executor, feature_program, batches, num_images=None, descri
             features.append(np.asarray(batch_features).reshape(len(images), -1))
             tags.append(batch_tags)
             bar.update(len(images))
-            if logs_batches and batch_id % TEST_LOG_EVERY == 0:
+            if bar.disable and batch_id % TEST_LOG_EVERY == 0:  # no bar, so the original's log lines
                 utility.log("testbatch %d, time %2.2f sec" % (batch_id, time.time() - started))
     if not features:
         raise ValueError("no images to extract features from")
@@ -216,8 +208,6 @@ def weights_checksum(program):
     return "sha256:" + digest.hexdigest()
 
 
-def feature_size(executor, feature_program, image_shape):
-    """The length of the program's feature vector, from one forward pass of a blank image."""
-    (feature,) = executor.run(feature_program.program, feed={"image": np.zeros((1,) + tuple(image_shape), np.float32)},
-                              fetch_list=[feature_program.feature])
-    return int(np.asarray(feature).size)
+def feature_size(feature_program):
+    """The length of the program's feature vector, as the program's shapes give it."""
+    return int(feature_program.feature.shape[-1])

@@ -12,7 +12,7 @@ import infer
 import train_elem
 import train_pair
 import utility
-from core import programs
+from core import predictor
 from script_tools import TINY, error_line, run_main, train_flags
 
 
@@ -106,7 +106,7 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch, capsys, 
             half_written.write("{")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(programs.paddle.static, "save_inference_model", disk_full_half_way)
+    monkeypatch.setattr(predictor.paddle.static, "save_inference_model", disk_full_half_way)
     code, out, err = run_main(export_model, flags, capsys)
     assert code == 1
     assert error_line(err) == "error: %s: cannot be written (OSError: [Errno 28] No space left on device)" % target
