@@ -94,8 +94,7 @@ def comparison(curves, recalls, seeds):
 def main(argv=None):
     args = parse_args(argv)
     seeds = args.seeds
-    data_dir = os.path.join(args.work_dir, "toy_sop_%d_%d_%dpx" % (args.train_classes, args.test_classes,
-                                                                   args.image_size))
+    data_dir = bench_flags.toy_set_dir(args)
     make_toy_sop(data_dir, args.train_classes, args.test_classes, image_size=args.image_size, seed=0)
     curves, recalls = {dtype: {} for dtype in DTYPES}, {dtype: {} for dtype in DTYPES}
     for seed in seeds:

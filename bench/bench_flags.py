@@ -1,5 +1,6 @@
 """Flags the benchmarks share: --quick (a smoke test's tiny sizes), names checked against a registry, the toy data
 set's size, and the batch a pair-loss comparison needs. Paddle-free, like utility, so light benchmarks stay light."""
+import os
 import sys
 
 import utility
@@ -39,6 +40,11 @@ def add_toy_set_flags(parser, work_dir, classes=300, image_size=80):
     add("--test_classes", type=int, default=classes, help="Toy test products. Default: %(default)s.")
     add("--image_size", type=int, default=image_size, help="Toy JPEG side. Default: %(default)s.")
     add("--work_dir", default=work_dir, help="Data set, checkpoints and logs. Default: %(default)s.")
+
+
+def toy_set_dir(args):
+    """Where the toy data set of `add_toy_set_flags`' sizes lives under --work_dir, one directory per size."""
+    return os.path.join(args.work_dir, "toy_sop_%d_%d_%dpx" % (args.train_classes, args.test_classes, args.image_size))
 
 
 def check_pair_batch(args):

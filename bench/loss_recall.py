@@ -93,7 +93,7 @@ def runs(loss_names, xbm_size, xbm_start_iter):
 
 def run_flags(args, script, flags, seed, save_dir, start_checkpoint):
     common = ["--model=%s" % args.model, "--image_shape=%s" % args.image_shape, "--use_gpu=False",
-              "--embedding_size=%d" % args.embedding_size, "--data_dir=%s" % data_dir(args),
+              "--embedding_size=%d" % args.embedding_size, "--data_dir=%s" % bench_flags.toy_set_dir(args),
               "--train_batch_size=%d" % args.batch_size, "--seed=%d" % seed, "--crop_scale_min=0.3",
               "--display_iter_step=20", "--model_save_dir=%s" % save_dir, "--save_best=False", "--num_workers=2"]
     if script == "train_elem.py":
@@ -107,10 +107,6 @@ def run_flags(args, script, flags, seed, save_dir, start_checkpoint):
     common += ["--lr=%g" % lr, "--lr_steps=%d" % max(1, iterations * 3 // 4), "--total_iter_num=%d" % iterations,
                "--test_iter_step=0", "--save_iter_step=%d" % iterations]
     return common + ["--%s=%s" % item for item in flags.items()], iterations
-
-
-def data_dir(args):
-    return os.path.join(args.work_dir, "toy_sop_%d_%d_%dpx" % (args.train_classes, args.test_classes, args.image_size))
 
 
 class RunFailed(Exception):
@@ -129,7 +125,8 @@ def run_logged(command, log_path):
 
 def evaluate(args, checkpoint, results_path, log_path):
     run_logged([os.path.join(ROOT, "eval.py"), "--model=%s" % args.model, "--image_shape=%s" % args.image_shape,
-                "--embedding_size=%d" % args.embedding_size, "--use_gpu=False", "--data_dir=%s" % data_dir(args),
+                "--embedding_size=%d" % args.embedding_size, "--use_gpu=False",
+                "--data_dir=%s" % bench_flags.toy_set_dir(args),
                 "--pretrained_model=%s" % checkpoint, "--batch_size=100", "--recall_k=1,10",
                 "--save_results=%s" % results_path], log_path)
     with open(results_path) as results_file:
@@ -179,7 +176,8 @@ def print_table(args, rows):
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
-    make_toy_sop(data_dir(args), args.train_classes, args.test_classes, image_size=args.image_size, seed=0)
+    make_toy_sop(bench_flags.toy_set_dir(args), args.train_classes, args.test_classes, image_size=args.image_size,
+                 seed=0)
     rows = []
     for seed in args.seeds:
         start_checkpoint = None

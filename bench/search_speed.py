@@ -58,7 +58,7 @@ def make_parser():
         "each. Default: 64,256.")
     add("--repeat", type=int, default=2, help="Best of this many alternating runs of the bare product and exact "
         "search, which the table compares. Default: %(default)s.")
-    add("--use_faiss", type=lambda text: text.lower() in ("1", "true", "yes"), default=True,
+    add("--use_faiss", type=utility.str2bool, default=True,
         help="Measure faiss if installed. Default: True.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
     return parser

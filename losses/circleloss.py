@@ -63,7 +63,5 @@ class CircleLoss(PairLoss):
                                  keepdim=True)
                 + paddle.logsumexp(paddle.where(negative, negative_logits, filled_like(similarity, -LARGE)), axis=1,
                                    keepdim=True))
-        has_pairs = paddle.any(positive, axis=1, keepdim=True) & paddle.any(negative, axis=1, keepdim=True)
-        # Without a positive or a negative the sum is about -LARGE; softplus of a finite stand-in keeps it exact 0.
-        return paddle.where(has_pairs, F.softplus(paddle.where(has_pairs, both, filled_like(both, 0.0))),
-                            filled_like(both, 0.0))
+        # Without a positive or a negative the sum is about -LARGE, whose softplus and its gradient are exactly 0.
+        return F.softplus(both)

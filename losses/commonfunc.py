@@ -38,20 +38,18 @@ def l2_normalize(x):
     return x * paddle.rsqrt(paddle.clip(squared_norm, min=1e-12))
 
 
-def pairwise_squared_distance(x, y=None):
-    """Squared Euclidean distances [N, M] from each row of `x` [N, D] to each row of `y` [M, D] (default: `x`):
-    |xi|^2 + |yj|^2 - 2 xi.yj, clamped at 0 against rounding."""
-    y = x if y is None else y
+def pairwise_squared_distance(x):
+    """Squared Euclidean distances [N, N]: |xi|^2 + |xj|^2 - 2 xi.xj, clamped at 0 against rounding."""
     squared_norm = paddle.sum(paddle.square(x), axis=1, keepdim=True)
-    y_squared_norm = squared_norm if y is x else paddle.sum(paddle.square(y), axis=1, keepdim=True)
-    distance = squared_norm + paddle.t(y_squared_norm) - 2.0 * paddle.matmul(x, y, transpose_y=True)
+    distance = squared_norm + paddle.t(squared_norm) - 2.0 * paddle.matmul(x, x, transpose_y=True)
     return paddle.clip(distance, min=0.0)
 
 
 def unit_squared_distance(x, y):
     """Squared Euclidean distances [N, M] between L2-normalised rows: |xi - yj|^2 = 2 - 2 xi.yj, clamped at 0.
 
-    One product, where `pairwise_squared_distance` also reduces |yj|^2 over a memory of thousands of rows."""
+    One product, where the general form |xi|^2 + |yj|^2 - 2 xi.yj would also reduce |yj|^2 over a memory of thousands
+    of rows."""
     return paddle.clip(2.0 - 2.0 * paddle.matmul(x, y, transpose_y=True), min=0.0)
 
 
