@@ -35,6 +35,14 @@ def paths_file(features_path):
     return os.path.splitext(features_path)[0] + ".paths.txt"
 
 
+def process_share(image_list, rank, world_size):
+    """This process's contiguous share of the list (`distributed.shard`), said in the log when there are several."""
+    start, stop = distributed.shard(len(image_list.paths), rank, world_size)
+    if world_size > 1:
+        log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(image_list.paths)))
+    return reader.subset(image_list, start, stop)
+
+
 def save_features(path, features, image_paths):
     """Writes features and paths next to each other, each complete or not at all (utility.atomic_output)."""
     with utility.atomic_output(path, "wb") as features_file:
@@ -52,10 +60,7 @@ def main(argv=None):
     rank, world_size, processes = distributed.init()
     source = args.list or args.image_dir
     whole_list = reader.read_images(source) if source else reader.read_list(args.data_dir, reader.TEST_LIST)
-    start, stop = distributed.shard(len(whole_list.paths), rank, world_size)
-    if world_size > 1:
-        log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(whole_list.paths)))
-    image_list = reader.subset(whole_list, start, stop)
+    image_list = process_share(whole_list, rank, world_size)
     executor, feature_program = programs.load_feature_program(args, log, use_predictor=True)
     features = []
     batches = reader.infer_batches(image_list, args.batch_size, args.image_shape, args.num_workers)

@@ -68,10 +68,7 @@ def load_model(args):
 
 def extract(args, executor, feature_program, image_list, rank, world_size):
     """Features of the list: this process's share, gathered on process 0 (None on the others)."""
-    start, stop = distributed.shard(len(image_list.paths), rank, world_size)
-    if world_size > 1:
-        log("process %d of %d: images %d to %d of %d" % (rank, world_size, start, stop - 1, len(image_list.paths)))
-    share = reader.subset(image_list, start, stop)
+    share = infer.process_share(image_list, rank, world_size)
     features = np.empty((0, 0), np.float32)
     if share.paths:
         batches = reader.infer_batches(share, args.batch_size, args.image_shape, args.num_workers)
