@@ -107,9 +107,8 @@ def update_readme(readme, table):
         text = page.read()
     if not README_TABLE.search(text):
         raise ValueError("%s: no demo table markers to write between" % path)
-    with open(path + ".writing", "w", encoding="utf-8") as page:
-        page.write(README_TABLE.sub(lambda match: match.group(1) + table + match.group(3), text))
-    os.replace(path + ".writing", path)
+    with utility.atomic_output(path, "wb") as page:
+        page.write(README_TABLE.sub(lambda match: match.group(1) + table + match.group(3), text).encode("utf-8"))
 
 
 def next_steps(args, pair_checkpoint):

@@ -121,7 +121,7 @@ def build(args):
         if args.index_type != "exact":
             structure, parameters = faiss_search.build(args.index_type, features, args.nlist, args.hnsw_m,
                                                        args.ef_construction, args.seed)
-            approximate = writer.approximate(args.index_type, lambda path: faiss_search.save(structure, path),
+            approximate = writer.approximate(args.index_type, lambda handle: faiss_search.save(structure, handle),
                                              parameters)
         writer.commit(model, features.shape[1], [part], approximate)
     log("indexed %d images (%d-d features%s) in %s" % (len(paths), features.shape[1],
@@ -153,7 +153,7 @@ def add(args):
             structure = faiss_search.load(gallery.file(approximate["file"]))
             faiss_search.add(structure, features)
             parameters = {key: value for key, value in approximate.items() if key not in ("type", "file")}
-            approximate = writer.approximate(approximate["type"], lambda path: faiss_search.save(structure, path),
+            approximate = writer.approximate(approximate["type"], lambda handle: faiss_search.save(structure, handle),
                                              parameters)
         manifest = writer.commit(model, gallery.dim, gallery.manifest["parts"] + [part], approximate)
     log("added %d images to %s, which now holds %d" % (len(paths), args.index_dir, manifest["count"]))

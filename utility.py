@@ -103,6 +103,14 @@ class OutputError(RuntimeError):
     """An output that could not be written (a full disk, say); the message names it."""
 
 
+STAGING_MARK = ".writing-"  # atomic_output's hidden files: .<name>.writing-<pid>
+
+
+def is_staging_name(name):
+    """Whether a file name is one of atomic_output's hidden files: one left there by a process that was killed."""
+    return name.startswith(".") and STAGING_MARK in name
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode="w"):
     """A file to write that appears under `path` only complete: it is written to a hidden file beside `path`, flushed
@@ -110,7 +118,7 @@ def atomic_output(path, mode="w"):
     was; an OSError becomes an OutputError naming `path`.
     """
     directory, name = os.path.split(os.path.abspath(path))
-    staging = os.path.join(directory, ".%s.writing-%d" % (name, os.getpid()))
+    staging = os.path.join(directory, ".%s%s%d" % (name, STAGING_MARK, os.getpid()))
     try:
         os.makedirs(directory, exist_ok=True)
         with open(staging, mode) as handle:

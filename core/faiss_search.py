@@ -76,9 +76,10 @@ def search(index, queries, k, nprobe=16, ef_search=64):
     return indices.astype(np.int64), scores
 
 
-def save(index, path):
+def save(index, handle):
+    """Writes `index` into an open binary file."""
     import faiss
-    faiss.write_index(index, path)
+    handle.write(faiss.serialize_index(index).tobytes())
 
 
 def load(path):

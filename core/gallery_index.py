@@ -8,11 +8,11 @@
     part-<token>.labels.npy  their labels (int64), when the images came with labels (an SOP list)
     <type>-<token>.faiss     a faiss structure over all parts (search.py build --index_type=flat|ivf|hnsw)
 
-Writing is atomic: every file is written under a temporary name and renamed to a fresh name no manifest uses, and
-only the replacement of index.json by a new manifest (one rename) makes the new files part of the index. A crash
-before it leaves the previous manifest and every file it names as they were; the next write removes the files no
-manifest names. A lock file keeps two writers of one index apart. Features are kept as extracted; search
-normalises them.
+Writing is atomic: every file is written under a temporary name (utility.atomic_output) and renamed to a fresh name
+no manifest uses, and only the replacement of index.json by a new manifest (one rename) makes the new files part of
+the index. A crash before it leaves the previous manifest and every file it names as they were; the next write
+removes the files no manifest names. A lock file keeps two writers of one index apart. Features are kept as
+extracted; search normalises them.
 """
 import fcntl
 import json
@@ -22,11 +22,11 @@ import secrets
 import numpy as np
 
 import core
+import utility
 
 FORMAT_VERSION = 1
 MANIFEST = "index.json"
 LOCK_FILE = ".lock"
-WRITING_SUFFIX = ".writing"
 MODEL_KEYS = ("backbone", "embedding_size", "image_shape", "weights")
 
 
@@ -174,10 +174,9 @@ class Writer:
         os.close(self.lock)
 
     def _staged(self, name, write):
-        """Writes `name` through `write(temporary path)` and renames it into place."""
-        path = os.path.join(self.directory, name)
-        write(path + WRITING_SUFFIX)
-        os.replace(path + WRITING_SUFFIX, path)
+        """Writes `name` through `write(binary file)`, complete or not at all (utility.atomic_output)."""
+        with utility.atomic_output(os.path.join(self.directory, name), "wb") as handle:
+            write(handle)
         return name
 
     def part(self, features, paths, labels):
@@ -187,15 +186,16 @@ class Writer:
             if "\n" in path or "\r" in path:
                 _fail(self.directory, "the image path %r has a line break, which the paths file cannot hold" % path)
         entry = {"count": len(paths), "labels": None}
-        entry["features"] = self._staged(prefix + ".npy", lambda path: _save_npy(path, features.astype(np.float32)))
-        entry["paths"] = self._staged(prefix + ".paths.txt", lambda path: _save_lines(path, paths))
+        entry["features"] = self._staged(prefix + ".npy", lambda handle: np.save(handle, features.astype(np.float32)))
+        entry["paths"] = self._staged(prefix + ".paths.txt", lambda handle: handle.write(
+            "".join(path + "\n" for path in paths).encode("utf-8")))
         if labels is not None:
             entry["labels"] = self._staged(prefix + ".labels.npy",
-                                           lambda path: _save_npy(path, np.asarray(labels, np.int64)))
+                                           lambda handle: np.save(handle, np.asarray(labels, np.int64)))
         return entry
 
     def approximate(self, index_type, write, parameters):
-        """Writes a faiss structure through `write(path)`; returns its manifest entry."""
+        """Writes a faiss structure through `write(binary file)`; returns its manifest entry."""
         entry = dict(parameters, type=index_type)
         entry["file"] = self._staged("%s-%s.faiss" % (index_type, self.token), write)
         return entry
@@ -204,30 +204,16 @@ class Writer:
         """Makes the manifest naming `parts` (and `approximate`) the index, then removes files it does not name."""
         manifest = {"format": FORMAT_VERSION, "suite_version": core.__version__, "model": model, "dim": int(dim),
                     "count": sum(part["count"] for part in parts), "parts": parts, "approximate": approximate}
-        self._staged(MANIFEST, lambda path: _save_json(path, manifest))
+        self._staged(MANIFEST, lambda handle: _write_json(handle, manifest))
         named = {MANIFEST, LOCK_FILE} | {part[key] for part in parts for key in ("features", "paths", "labels")
                                          if part[key]}
         named |= {approximate["file"]} if approximate else set()
         for name in os.listdir(self.directory):
-            if name not in named and (name.startswith("part-") or name.endswith((".faiss", WRITING_SUFFIX))):
+            if name not in named and (name.startswith("part-") or name.endswith(".faiss")
+                                      or utility.is_staging_name(name)):
                 os.remove(os.path.join(self.directory, name))
         return manifest
 
 
-def _durable(path, write):
-    with open(path, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _save_npy(path, array):
-    _durable(path, lambda handle: np.save(handle, array))
-
-
-def _save_lines(path, lines):
-    _durable(path, lambda handle: handle.write("".join(line + "\n" for line in lines).encode("utf-8")))
-
-
-def _save_json(path, value):
-    _durable(path, lambda handle: handle.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8")))
+def _write_json(handle, value):
+    handle.write(json.dumps(value, indent=1, sort_keys=True).encode("utf-8"))

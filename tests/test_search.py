@@ -1,4 +1,5 @@
 """search.py end to end on the toy set: build, add and query an index; bad queries, bad indexes, crashed writes."""
+import errno
 import json
 import os
 import shutil
@@ -202,17 +203,17 @@ def test_a_crash_while_adding_or_building_leaves_the_previous_index_usable(split
     before = search.main(flags("query", index_dir, os.path.join(root, "Ebay_query.txt")))
     files_before = sorted(os.listdir(index_dir))
 
-    def crash(path, value):  # the process dies while writing the new manifest, after the new part
-        open(path, "w").write('{"format": 1, "parts": [')
+    def crash(handle, value):  # the process is stopped while writing the new manifest, after the new part
+        handle.write(b'{"format": 1, "parts": [')
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(gallery_index, "_save_json", crash)
+    monkeypatch.setattr(gallery_index, "_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         search.main(flags("add", index_dir, features=features))
     with pytest.raises(KeyboardInterrupt):  # a new build over it, from other images
         search.main(flags("build", index_dir, os.path.join(root, "Ebay_query.txt")))
     monkeypatch.undo()
-    assert len(os.listdir(index_dir)) > len(files_before)  # the new part and the half manifest are there, unnamed
+    assert len(os.listdir(index_dir)) > len(files_before)  # the new part is there, unnamed
     after = search.main(flags("query", index_dir, os.path.join(root, "Ebay_query.txt")))
     np.testing.assert_array_equal(after[0], before[0])
     # the next write cleans up what the crash left
@@ -221,6 +222,21 @@ def test_a_crash_while_adding_or_building_leaves_the_previous_index_usable(split
     named = {part[key] for part in manifest["parts"] for key in ("features", "paths")}
     assert set(os.listdir(index_dir)) == named | {gallery_index.MANIFEST, gallery_index.LOCK_FILE}
     assert manifest["count"] == 60
+
+
+def test_a_full_disk_while_writing_the_index_is_one_error_line(split_toy, tmp_path, capsys, monkeypatch):
+    root, _ = split_toy
+    index_dir = str(tmp_path / "index")
+
+    def disk_full(handle, value):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(gallery_index, "_write_json", disk_full)
+    code, _, err = run_main(search, flags("build", index_dir, features=os.path.join(root, "features.npy")), capsys)
+    assert code == 1
+    assert error_line(err) == ("error: %s: cannot be written (OSError: [Errno 28] No space left on device)"
+                               % os.path.join(index_dir, gallery_index.MANIFEST))
+    assert not any(name.endswith(gallery_index.MANIFEST) for name in os.listdir(index_dir))
 
 
 def test_a_second_writer_is_refused_while_one_writes(gallery_index_dir, tmp_path):
