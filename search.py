@@ -39,7 +39,7 @@ class SearchError(RuntimeError):
 
 
 def make_parser():
-    """The parser and one sub-parser per command (each applies its flags' checks through check_flags)."""
+    """The parser and one sub-parser per command."""
     parser = utility.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=utility.ArgumentParser)
     network = tuple(flag for flag in flags.NETWORK if flag is not flags.DATA_DIR)
@@ -51,9 +51,7 @@ def make_parser():
 
 
 def parse_args(argv=None):
-    parser, subparsers = make_parser()
-    args = parser.parse_args(argv)
-    subparsers[args.command].check_flags(args)
+    args = make_parser()[0].parse_args(argv)
     flags.check_search(args)
     return args
 

@@ -211,18 +211,16 @@ class ArgumentParser(argparse.ArgumentParser):
         if defaults:
             raise ValueError("defaults given for flags this parser does not take: %s" % ", ".join(defaults))
 
-    def parse_args(self, args=None, namespace=None):
-        return self.check_flags(super().parse_args(args, namespace))
-
-    def check_flags(self, parsed):
-        """Applies each flag's check to its parsed value (argparse does not call a subcommand parser's
-        parse_args, so a script with subcommands calls this on the chosen one)."""
+    def parse_known_args(self, args=None, namespace=None):
+        """Parses, then applies each flag's check to its parsed value. Overriding this rather than parse_args
+        covers subcommands: argparse parses a subcommand's flags with its parser's parse_known_args."""
+        parsed, extras = super().parse_known_args(args, namespace)
         for name, flag in self.flags.items():
             value = getattr(parsed, name)
             problem = flag.check(value) if flag.check and value is not None else None  # None: not given
             if problem:
                 flag_error(name, problem)
-        return parsed
+        return parsed, extras
 
     def error(self, message):
         usage_error("%s (see --help)" % message)
