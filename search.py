@@ -190,13 +190,17 @@ def open_search(args, gallery):
 
 def search(args, gallery, queries):
     """Each query's --top_k results after any query expansion and re-ranking: (indices, scores)."""
-    description, nearest = open_search(args, gallery)
+    # k-reciprocal re-ranking finds its own neighbourhoods; the index's search is opened only when something uses it
+    uses_index = args.qe_k or args.check_exact or not args.rerank
+    description, nearest = open_search(args, gallery) if uses_index else (None, None)
     if args.qe_k:
         indices, scores = nearest(queries, args.qe_k)
         queries = rerank.expand_queries(queries, gallery.features, indices, scores, args.qe_alpha)
     if args.check_exact:
         checked = queries[:args.check_exact]
-        exact, _ = neighbours.ExactIndex(gallery.features, args.memory_mb, args.use_gpu).search(checked, args.top_k)
+        exact_search = nearest if description == "exact" else neighbours.ExactIndex(gallery.features, args.memory_mb,
+                                                                                      args.use_gpu).search
+        exact, _ = exact_search(checked, args.top_k)
         recall = faiss_search.recall_against(nearest(checked, args.top_k)[0], exact)
         log("%s: recall@%d %.4f against exact search on %d queries" % (description, args.top_k, recall,
                                                                        len(checked)))
