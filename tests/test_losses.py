@@ -9,7 +9,7 @@ import pytest
 import losses
 from core import samplers
 from loss_tools import (FEATURE_DIM, PLACE, balanced_labels, build, finite_difference_gradient,  # noqa: F401
-                        np_normalize, ref_circle, ref_contrastive, ref_in_batch, run_loss,
+                        np_normalize, ref_circle, ref_contrastive, ref_in_batch, ref_multisimilarity_pairs, run_loss,
                         static_mode)  # static_mode: an autouse fixture
 
 
@@ -87,25 +87,6 @@ def ref_npairs(x, labels, reg_lambda):
     target = (labels[0::2][:, None] == labels[1::2][None, :]).astype(np.float64)
     xent = -(target * np_log_softmax(anchor @ positive.T)).sum(1).mean()
     return xent + 0.25 * reg_lambda * ((anchor ** 2).sum(1).mean() + (positive ** 2).sum(1).mean())
-
-
-def ref_multisimilarity(x, labels, alpha=2.0, beta=50.0, base=0.5, epsilon=0.1):
-    """Per anchor, with the pairs mined as in the paper; 0 for an anchor without a positive or a negative."""
-    similarity = np_normalize(x) @ np_normalize(x).T
-    out = []
-    for i in range(len(x)):
-        positives = [j for j in range(len(x)) if labels[j] == labels[i] and j != i]
-        negatives = [k for k in range(len(x)) if labels[k] != labels[i]]
-        if not positives or not negatives:
-            out.append(0.0)
-            continue
-        hardest_negative = max(similarity[i, k] for k in negatives)
-        hardest_positive = min(similarity[i, j] for j in positives)
-        kept_positives = [similarity[i, j] for j in positives if similarity[i, j] - epsilon < hardest_negative]
-        kept_negatives = [similarity[i, k] for k in negatives if similarity[i, k] + epsilon > hardest_positive]
-        out.append(math.log(1 + sum(math.exp(-alpha * (s - base)) for s in kept_positives)) / alpha
-                   + math.log(1 + sum(math.exp(beta * (s - base)) for s in kept_negatives)) / beta)
-    return np.array(out)[:, None]
 
 
 # ---------------------------------------------------------------- batches
@@ -361,7 +342,7 @@ def test_multisimilarity_matches_reference(seed, samples_each_class, parameters)
     labels = balanced_labels(12 // samples_each_class, samples_each_class, rng)
     x = rng.normal(size=(12, FEATURE_DIM)) + 2.0 * np.eye(FEATURE_DIM)[labels % FEATURE_DIM]  # some easy pairs
     (loss,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(12, samples_each_class, **parameters), x, labels)
-    reference = ref_multisimilarity(x, labels, **parameters)
+    reference = ref_in_batch(ref_multisimilarity_pairs, x, labels, **parameters)
     assert loss.shape == (12, 1) and reference.max() > 0
     np.testing.assert_allclose(loss, reference, rtol=1e-5, atol=1e-6)
 
@@ -375,7 +356,7 @@ def test_multisimilarity_mining_leaves_easy_pairs_out():
     # With a mining margin wider than any similarity gap every pair is kept: the plain multi-similarity loss.
     (wide,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(6, 3, epsilon=3.0), x, labels)
     assert wide.min() > 0
-    np.testing.assert_allclose(wide, ref_multisimilarity(x, labels, epsilon=3.0), rtol=1e-5)
+    np.testing.assert_allclose(wide, ref_in_batch(ref_multisimilarity_pairs, x, labels, epsilon=3.0), rtol=1e-5)
 
 
 def test_multisimilarity_gradient():
@@ -384,7 +365,7 @@ def test_multisimilarity_gradient():
     probe = rng.normal(size=(6, 1))
     make = lambda: losses.MultiSimilarityLoss(6, 2, epsilon=0.3)
     _, _, gradient = run_loss(make, x, labels, dtype="float64", probe=probe)
-    objective = lambda z: (ref_multisimilarity(z, labels, epsilon=0.3) * probe).sum()
+    objective = lambda z: (ref_in_batch(ref_multisimilarity_pairs, z, labels, epsilon=0.3) * probe).sum()
     np.testing.assert_allclose(gradient, finite_difference_gradient(objective, x), rtol=1e-5, atol=1e-7)
 
 
@@ -590,7 +571,8 @@ def test_shuffled_batch_gives_the_same_loss(seed):
     (eml,), _, _ = run_loss(lambda: losses.EmlLoss(12, 3), x[order], labels[order])
     np.testing.assert_allclose(eml, ref_eml(x, 3)[order], rtol=1e-5, atol=1e-6)
     (multisimilarity,), _, _ = run_loss(lambda: losses.MultiSimilarityLoss(12, 3), x[order], labels[order])
-    np.testing.assert_allclose(multisimilarity, ref_multisimilarity(x, labels)[order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(multisimilarity, ref_in_batch(ref_multisimilarity_pairs, x, labels)[order], rtol=1e-5,
+                               atol=1e-6)
 
     pair_labels = balanced_labels(6, 2, rng)
     order = rng.permutation(12)
