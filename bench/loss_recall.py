@@ -27,6 +27,7 @@ sys.path.insert(0, ROOT)
 import losses  # noqa: E402
 import utility  # noqa: E402
 from bench import bench_flags  # noqa: E402
+from bench.loss_runs import loss_variants  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 START_LOSS = "arcmargin"  # the classifier run whose checkpoint the pair losses start from
@@ -74,18 +75,12 @@ def runs(loss_names, xbm_size, xbm_start_iter):
     names = [START_LOSS] + [name for name in loss_names if name != START_LOSS]
     table = []
     for loss_name in names:
-        loss_class = losses.LOSSES[loss_name]
-        if loss_class.has_classifier:
+        if losses.LOSSES[loss_name].has_classifier:
             table.append((loss_name, "train_elem.py", dict(TOY_FLAGS.get(loss_name, {}), loss_name=loss_name), False))
             continue
-        miners = [losses.NO_MINER] + sorted(losses.MINERS) if losses.MINER in loss_class.flags else [None]
-        for miner in miners:
-            flags = {"loss_name": loss_name}
-            if miner not in (None, losses.NO_MINER):
-                flags["miner"] = miner
-            name = loss_name if "miner" not in flags else "%s --miner=%s" % (loss_name, miner)
+        for name, flags, keeps_memory in loss_variants(loss_name):
             table.append((name, "train_pair.py", flags, True))
-            if losses.XBM_SIZE in loss_class.flags and miner != losses.NO_MINER:
+            if keeps_memory:
                 with_memory = dict(flags, xbm_size=xbm_size, xbm_start_iter=xbm_start_iter)
                 table.append((name + " + XBM", "train_pair.py", with_memory, True))
     return table

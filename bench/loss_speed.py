@@ -37,6 +37,7 @@ import losses  # noqa: E402
 import train_elem  # noqa: E402
 import train_pair  # noqa: E402
 from bench import bench_flags  # noqa: E402
+from bench.loss_runs import loss_variants  # noqa: E402
 from core import trainer  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
@@ -76,15 +77,9 @@ def configurations(loss_names, xbm_size):
     """(name, loss flags, the name of the same loss without memory or None) of every run to time."""
     runs = []
     for loss_name in loss_names:
-        loss_class = losses.LOSSES[loss_name]
-        miners = [losses.NO_MINER] + sorted(losses.MINERS) if losses.MINER in loss_class.flags else [None]
-        for miner in miners:
-            flags = {"loss_name": loss_name}
-            if miner not in (None, losses.NO_MINER):
-                flags["miner"] = miner
-            name = loss_name + ("" if "miner" not in flags else " --miner=" + miner)
+        for name, flags, keeps_memory in loss_variants(loss_name):
             runs.append((name, flags, None))
-            if losses.XBM_SIZE in loss_class.flags and miner != losses.NO_MINER:
+            if keeps_memory:
                 runs.append((name + " + XBM", dict(flags, xbm_size=xbm_size, xbm_start_iter=0), name))
     return runs
 
