@@ -71,10 +71,9 @@ def run_script(script, *flags):
     log("%s finished in %.0f s" % (script, time.time() - started))
 
 
-def raw_pixel_results(args):
+def raw_pixel_results(args, test_list):
     shape = utility.parse_image_shape(args.image_shape)
-    images, labels = zip(*reader.eval_batches(reader.read_list(args.data_dir, reader.TEST_LIST), 256, shape,
-                                              num_workers=2))
+    images, labels = zip(*reader.eval_batches(test_list, 256, shape, num_workers=2))
     pixels = np.concatenate(images).reshape(sum(len(batch) for batch in images), -1)
     return metrics.retrieval_metrics(pixels, np.concatenate(labels).ravel(), recall_ks=(1, 10))
 
@@ -89,9 +88,8 @@ def evaluate(args, name, weights=None):
         return json.load(results_file)
 
 
-def results_table(readme, args, results):
-    """The Markdown table of `results` (one metrics dict per row) with `readme`'s row names."""
-    test_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+def results_table(readme, args, test_list, results):
+    """The Markdown table of `results` (one metrics dict per row) on `test_list` with `readme`'s row names."""
     header, names = ROW_NAMES[readme]
     values = dict(vars(args), images="{:,}".format(len(test_list.paths)), image_count=len(test_list.paths),
                   classes=len(set(test_list.class_ids)), shape=args.image_shape.replace(",", "×"))
@@ -138,7 +136,8 @@ def main(argv=None):
               "--display_iter_step=20"]
     elem_dir = os.path.join(args.output_dir, "elem")
     pair_dir = os.path.join(args.output_dir, "pair")
-    results = [raw_pixel_results(args), evaluate(args, "untrained")]
+    test_list = reader.read_list(args.data_dir, reader.TEST_LIST)
+    results = [raw_pixel_results(args, test_list), evaluate(args, "untrained")]
 
     run_script("train_elem.py", *(common + [
         "--loss_name=arcmargin", "--arc_scale=30", "--arc_margin=0.15", "--class_dim=300",
@@ -161,7 +160,7 @@ def main(argv=None):
                "--use_gpu=False", "--data_dir=%s" % args.data_dir, "--pretrained_model=%s" % pair_checkpoint,
                "--save_features=%s" % features_path)
 
-    tables = {readme: results_table(readme, args, results) for readme in ROW_NAMES}
+    tables = {readme: results_table(readme, args, test_list, results) for readme in ROW_NAMES}
     with open(os.path.join(args.output_dir, "results.md"), "w") as results_file:
         results_file.write(tables["README.md"])
     if args.update_readme:
