@@ -47,9 +47,9 @@ READ_ERRORS = (ListFormatError, TooManyBadImagesError, image_ops.BadImageError, 
 ImageList = collections.namedtuple("ImageList", "list_path data_root image_ids class_ids super_class_ids paths")
 
 
-def read_image_list(list_path, data_root=None):
-    """Parses an SOP list file; `data_root` defaults to the list's directory. Paths come back absolute."""
-    data_root = os.path.dirname(os.path.abspath(list_path)) if data_root is None else data_root
+def _list_lines(list_path):
+    """A list file's lines, numbered from 1 in order; a file that cannot be read or is not UTF-8 is a ListFormatError
+    naming it (and the line)."""
     try:
         with open(list_path, "rb") as list_file:
             raw = list_file.read()
@@ -60,6 +60,19 @@ def read_image_list(list_path, data_root=None):
     except UnicodeDecodeError as error:
         line_number = raw[:error.start].count(b"\n") + 1
         raise ListFormatError("%s:%d: not UTF-8 text" % (list_path, line_number)) from None
+    # Lines end at "\n" only (a "\r" before it is dropped), so line numbers are the ones editors and `sed -n` show;
+    # str.splitlines() would also break at form feeds and other separators and shift every number after them.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def read_image_list(list_path, data_root=None, lines=None):
+    """Parses an SOP list file (or its `lines`, already read); `data_root` defaults to the list's directory. Paths
+    come back absolute."""
+    data_root = os.path.dirname(os.path.abspath(list_path)) if data_root is None else data_root
+    lines = _list_lines(list_path) if lines is None else lines
 
     def fail(line_number, problem):
         raise ListFormatError("%s:%d: %s" % (list_path, line_number, problem))
@@ -67,13 +80,7 @@ def read_image_list(list_path, data_root=None):
     image_ids, class_ids, super_class_ids, paths = [], [], [], []
     first_line_of_id = {}
     header_seen = False
-    # Lines end at "\n" only (a "\r" before it is dropped), so line numbers are the ones editors and `sed -n` show;
-    # str.splitlines() would also break at form feeds and other separators and shift every number after them.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
     for line_number, line in enumerate(lines, start=1):
-        line = line[:-1] if line.endswith("\r") else line
         if not line.strip(" \t"):
             continue
         fields = FIELD_SEPARATOR.split(line.strip(" \t"))
@@ -175,19 +182,12 @@ def _unlabelled(list_path, paths):
     return ImageList(list_path, os.path.dirname(os.path.abspath(list_path)), ids, None, None, paths)
 
 
-def read_path_list(list_path):
-    """A plain list of image paths, one a line (blank lines skipped); relative paths are relative to its directory."""
+def read_path_list(list_path, lines=None):
+    """A plain list of image paths, one a line (blank lines skipped), or its `lines`, already read; relative paths
+    are relative to its directory."""
     root = os.path.dirname(os.path.abspath(list_path))
-    try:
-        with open(list_path, encoding="utf-8-sig") as list_file:
-            lines = list_file.read().split("\n")
-    except UnicodeDecodeError:
-        raise ListFormatError("%s: not UTF-8 text" % list_path) from None
-    except OSError as error:
-        raise ListFormatError("%s: cannot read the list file: %s" % (list_path, error.strerror)) from None
     paths = []
-    for line_number, line in enumerate(lines, start=1):
-        line = line[:-1] if line.endswith("\r") else line
+    for line_number, line in enumerate(_list_lines(list_path) if lines is None else lines, start=1):
         if not line.strip():
             continue
         if any(unicodedata.category(character) in ("Cc", "Zl", "Zp") for character in line):
@@ -215,12 +215,11 @@ def read_images(path):
         raise ListFormatError("%s: no such file or directory" % path)
     if image_ops.is_image_name(path):
         return _unlabelled(path, [os.path.abspath(path)])
-    with open(path, "rb") as list_file:
-        head = list_file.read(4096).decode("utf-8-sig", "replace")
-    first_line = next((line for line in head.split("\n") if line.strip(" \t\r")), "")
-    if tuple(FIELD_SEPARATOR.split(first_line.strip(" \t\r"))) == LIST_HEADER:
-        return read_image_list(path)
-    return read_path_list(path)
+    lines = _list_lines(path)
+    first_line = next((line for line in lines if line.strip(" \t")), "")
+    if tuple(FIELD_SEPARATOR.split(first_line.strip(" \t"))) == LIST_HEADER:
+        return read_image_list(path, lines=lines)
+    return read_path_list(path, lines)
 
 
 def subset(image_list, start, stop):
