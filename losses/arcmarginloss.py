@@ -6,7 +6,7 @@ import paddle.nn.functional as F
 
 from utility import Flag, positive
 from .base import CLASS_DIM, ClassifierLoss
-from .commonfunc import flatten_labels, l2_normalize, softmax_cross_entropy
+from .commonfunc import class_cosines, flatten_labels, softmax_cross_entropy
 
 
 def _angle(value):
@@ -53,12 +53,7 @@ class ArcMarginLoss(ClassifierLoss):
                    easy_margin=args.arc_easy_margin)
 
     def loss(self, input, label):
-        weight = paddle.static.create_parameter(
-            shape=[self.class_dim, input.shape[1]],
-            dtype=input.dtype,
-            attr=paddle.ParamAttr(name="arcmargin_weight_norm",
-                                  initializer=paddle.nn.initializer.XavierUniform()))
-        cosine = paddle.matmul(l2_normalize(input), l2_normalize(weight), transpose_y=True)
+        cosine = class_cosines(input, self.class_dim, "arcmargin_weight_norm")
         sine = paddle.sqrt(1.0 - paddle.square(cosine) + 1e-6)
         phi = cosine * math.cos(self.margin) - sine * math.sin(self.margin)
         if self.easy_margin:

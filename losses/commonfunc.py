@@ -38,6 +38,15 @@ def l2_normalize(x):
     return x * paddle.rsqrt(paddle.clip(squared_norm, min=1e-12))
 
 
+def class_cosines(input, class_dim, weight_name):
+    """Cosine similarities [N, class_dim] of the embeddings with the rows of a class-weight parameter `weight_name`
+    [class_dim, D] (Xavier-initialised): the logits of the margin classifiers before their margin and scale."""
+    weight = paddle.static.create_parameter(shape=[class_dim, input.shape[1]], dtype=input.dtype,
+                                            attr=paddle.ParamAttr(name=weight_name,
+                                                                  initializer=paddle.nn.initializer.XavierUniform()))
+    return paddle.matmul(l2_normalize(input), l2_normalize(weight), transpose_y=True)
+
+
 def pairwise_squared_distance(x):
     """Squared Euclidean distances [N, N]: |xi|^2 + |xj|^2 - 2 xi.xj, clamped at 0 against rounding."""
     squared_norm = paddle.sum(paddle.square(x), axis=1, keepdim=True)

@@ -1,10 +1,9 @@
 """CosFace / AM-Softmax, the large margin cosine loss (Wang et al., CVPR 2018, https://arxiv.org/abs/1801.09414)."""
-import paddle
 import paddle.nn.functional as F
 
 from utility import Flag, non_negative, positive
 from .base import CLASS_DIM, ClassifierLoss
-from .commonfunc import flatten_labels, l2_normalize, softmax_cross_entropy
+from .commonfunc import class_cosines, flatten_labels, softmax_cross_entropy
 
 COS_SCALE = Flag("cos_scale", float, 64.0, "cosface: logit scale s (the CosFace paper's 64).", positive)
 COS_MARGIN = Flag("cos_margin", float, 0.35, "cosface: cosine margin m subtracted from the target class's cosine "
@@ -41,10 +40,6 @@ class CosFaceLoss(ClassifierLoss):
         return cls(class_dim=args.class_dim, margin=args.cos_margin, scale=args.cos_scale)
 
     def loss(self, input, label):
-        weight = paddle.static.create_parameter(
-            shape=[self.class_dim, input.shape[1]],
-            dtype=input.dtype,
-            attr=paddle.ParamAttr(name="cosface_weight_norm", initializer=paddle.nn.initializer.XavierUniform()))
-        cosine = paddle.matmul(l2_normalize(input), l2_normalize(weight), transpose_y=True)
+        cosine = class_cosines(input, self.class_dim, "cosface_weight_norm")
         target = F.one_hot(flatten_labels(label), self.class_dim).astype(cosine.dtype)
         return softmax_cross_entropy(self.scale * (cosine - self.margin * target), label)
