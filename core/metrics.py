@@ -186,11 +186,8 @@ def _scan(blocks, positives, rows, width, ranks):
             continue
         s = blocks.similarities(r0, r1)
         maxima = -np.sort(-blocks.group_max(s, width, _GROUP_STEP), axis=1)
-        step = blocks.pass_rows or rows
-        for c0 in range(r0, r1, step):
-            c1 = min(c0 + step, r1)
-            _rank_rows(blocks, s if step >= rows else s[c0 - r0:c1 - r0], maxima[c0 - r0:c1 - r0], c0, c1,
-                       positives, ranks)
+        for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
+            _rank_rows(blocks, part, maxima[c0 - r0:c1 - r0], c0, c1, positives, ranks)
 
 
 def _rank_rows(blocks, s, maxima, r0, r1, positives, ranks):

@@ -45,10 +45,7 @@ def top_k(blocks, num_queries, k, rows):
         r1 = min(r0 + rows, num_queries)
         s = blocks.similarities(r0, r1)
         maxima = blocks.group_max(s, GROUPS, GROUP_STEP) if grouped else None
-        step = blocks.pass_rows or rows
-        for c0 in range(r0, r1, step):
-            c1 = min(c0 + step, r1)
-            part = s if step >= rows else s[c0 - r0:c1 - r0]
+        for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
             bound = maxima[c0 - r0:c1 - r0] if grouped else None
             indices[c0:c1], scores[c0:c1] = _select(blocks, part, bound, k)
     return indices, scores

@@ -79,6 +79,15 @@ def open_blocks(queries, gallery, num_gallery, rows, exclude_self=False, use_gpu
         yield PaddleBlocks(paddle, place, queries, gallery, num_gallery, exclude_self)
 
 
+def row_passes(blocks, s, r0, r1):
+    """The passes over `s`, the similarities of queries r0..r1-1: (c0, c1, the rows of queries c0..c1-1), in slices
+    of `blocks.pass_rows` rows that stay in the cache (the whole block where pass_rows is None)."""
+    step = blocks.pass_rows or r1 - r0
+    for c0 in range(r0, r1, step):
+        c1 = min(c0 + step, r1)
+        yield c0, c1, s if c1 - c0 == r1 - r0 else s[c0 - r0:c1 - r0]
+
+
 class NumpyBlocks:
     """Blocks on the CPU: the product through NumPy's BLAS; the passes over slices that stay in the cache."""
 
