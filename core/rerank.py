@@ -75,19 +75,20 @@ class KReciprocal:
         if k1 < 1 or k2 < 1 or not 0 <= lambda_value <= 1:
             raise ValueError("k1 and k2 must be positive and lambda in [0, 1], got %s, %s, %s"
                              % (k1, k2, lambda_value))
-        self.queries = similarity.l2_normalize(query_features)
-        self.gallery = similarity.l2_normalize(gallery_features)
-        self.num_queries, self.num_gallery = len(self.queries), len(self.gallery)
+        self.num_queries, self.num_gallery = len(query_features), len(gallery_features)
         self.lambda_value, self.memory_mb = lambda_value, memory_mb
-        items = np.concatenate([self.queries, self.gallery])
+        # Queries and gallery normalised once, in the padded matrix the neighbourhoods are searched in.
+        padded = similarity.padded_gallery(np.concatenate([np.asarray(query_features), np.asarray(gallery_features)]),
+                                           neighbours.GROUPS)
+        items = padded[:self.num_queries + self.num_gallery]
+        self.queries, self.gallery = items[:self.num_queries], items[self.num_queries:]
         k1 = min(k1, len(items) - 1)
-        table, self.max_distance = self._neighbour_table(items, k1)
+        table, self.max_distance = self._neighbour_table(padded, len(items), k1)
         self.v_query, self.v_gallery_by_column = self._encode(items, table, k1, min(k2, k1 + 1))
 
-    def _neighbour_table(self, items, k1):
-        """N(i, k1) of every item, itself first, and the largest distance of each row."""
-        n = len(items)
-        padded = similarity.padded_gallery(items, neighbours.GROUPS)
+    def _neighbour_table(self, padded, n, k1):
+        """N(i, k1) of every item (the first n rows of `padded`), itself first, and the largest distance of each
+        row."""
         rows = min(neighbours.block_rows(len(padded), k1 + 1, self.memory_mb, 4), n)
         blocks = _MinimaBlocks(padded[:n], padded, n, rows)
         blocks.minima = np.empty(n, np.float32)
