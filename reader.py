@@ -25,6 +25,7 @@ from core.worker_pool import OrderedWorkerPool, WorkerDiedError, WorkerError
 LIST_HEADER = ("image_id", "class_id", "super_class_id", "path")
 TRAIN_LIST = "Ebay_train.txt"
 TEST_LIST = "Ebay_test.txt"
+QUERY_LIST, GALLERY_LIST = "Ebay_query.txt", "Ebay_gallery.txt"  # a query/gallery split of the test images
 MAX_REPLACEMENT_TRIES = 10
 # Fields are separated by spaces and tabs only: str.split() would also split on form feeds, non-breaking spaces and
 # other characters that have no business in a list file, and quietly turn them into separators.

@@ -16,6 +16,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the suite's root, as a script
+import reader  # noqa: E402
 from data.prepare_common import (DatasetError, ListEntry, converter_parser, parse_int, read_table, run,  # noqa: E402
                                  write_lists)
 
@@ -23,8 +24,6 @@ PARTITION = os.path.join("Eval", "list_eval_partition.txt")
 PARTITION_HEADER = ["image_name", "item_id", "evaluation_status"]
 STATUSES = ("train", "query", "gallery")
 IMAGE_PREFIXES = ("Img", "")  # img.zip unpacked into Img/ as released, or into the data directory itself
-QUERY_LIST = "Ebay_query.txt"
-GALLERY_LIST = "Ebay_gallery.txt"
 
 
 def read_partition(path):
@@ -77,15 +76,15 @@ def convert(data_dir):
     class_ids = {item: class_id for class_id, item in enumerate(train_items + test_items, start=1)}
     super_class_ids = {name: number for number, name in enumerate(sorted({category(row[1]) for row in rows}),
                                                                   start=1)}
-    lists = {"Ebay_train.txt": [], QUERY_LIST: [], GALLERY_LIST: [], "Ebay_test.txt": []}
+    lists = {reader.TRAIN_LIST: [], reader.QUERY_LIST: [], reader.GALLERY_LIST: [], reader.TEST_LIST: []}
     for line_number, name, item, status in rows:
         entry = ListEntry(line_number - 2, class_ids[item], super_class_ids[category(name)],
                           "/".join(part for part in (prefix, name) if part), "%s:%d" % (path, line_number))
         if status == "train":
-            lists["Ebay_train.txt"].append(entry)
+            lists[reader.TRAIN_LIST].append(entry)
         else:
-            lists[QUERY_LIST if status == "query" else GALLERY_LIST].append(entry)
-            lists["Ebay_test.txt"].append(entry)
+            lists[reader.QUERY_LIST if status == "query" else reader.GALLERY_LIST].append(entry)
+            lists[reader.TEST_LIST].append(entry)
     return write_lists(data_dir, lists)
 
 

@@ -17,10 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import reader  # noqa: E402
 from data.prepare_common import DatasetError, ListEntry, converter_parser, run, write_lists  # noqa: E402
 
-QUERY_LIST = "Ebay_query.txt"
-GALLERY_LIST = "Ebay_gallery.txt"
-
-
 def convert(data_dir):
     try:
         test = reader.read_list(data_dir, reader.TEST_LIST)
@@ -32,12 +28,12 @@ def convert(data_dir):
     class_sizes = dict(zip(*np.unique(test.class_ids, return_counts=True)))
     queries = {int(test.image_ids[i]) for i, first in zip(order, first_of_class)
                if first and class_sizes[test.class_ids[i]] > 1}
-    lists = {QUERY_LIST: [], GALLERY_LIST: []}
+    lists = {reader.QUERY_LIST: [], reader.GALLERY_LIST: []}
     for position, image_id in enumerate(test.image_ids):
         entry = ListEntry(int(image_id), int(test.class_ids[position]), int(test.super_class_ids[position]),
                           os.path.relpath(test.paths[position], data_dir), "%s line of image_id %d"
                           % (test.list_path, image_id))
-        lists[QUERY_LIST if int(image_id) in queries else GALLERY_LIST].append(entry)
+        lists[reader.QUERY_LIST if int(image_id) in queries else reader.GALLERY_LIST].append(entry)
     return write_lists(data_dir, lists)
 
 
