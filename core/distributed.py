@@ -23,7 +23,7 @@ import socket
 import numpy as np
 import paddle
 
-from core import similarity
+from core import cpu_ops, similarity
 
 
 class PeerLostError(RuntimeError):
@@ -146,7 +146,7 @@ def gather_over_processes(value, process_rank, num_processes):
     return padded
 
 
-class DataParallelMomentum(paddle.optimizer.Momentum):
+class DataParallelMomentum(cpu_ops.Momentum):
     """Momentum whose gradients are averaged over the processes before anything else uses them.
 
     Averaging inside `backward` leaves `minimize`, the weight decay and AMP's loss-scaling checks as Paddle wrote

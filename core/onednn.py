@@ -10,8 +10,9 @@ passes, and with the in-place pass on, an op placed after a oneDNN op can overwr
 Almost all of the time goes into convolutions, so `place_on_onednn` moves only those of a training program and its
 max pooling: it rewrites each float32 `pd_op.conv2d` / `pd_op.conv2d_grad` and max-pooling `pd_op.pool2d` /
 `pd_op.pool2d_grad` into the `onednn_op.` op of the same name, the same operation with the same attributes in
-Paddle's oneDNN dialect. The executor then runs exactly those ops with oneDNN kernels and every other op (batch norm,
-relu, the losses, the optimizer) with the default CPU kernels, in that program only and with the global flag off.
+Paddle's oneDNN dialect. The executor then runs exactly those ops with oneDNN kernels and every other op with the
+default CPU kernels (batch norm, relu and the Momentum update with the suite's, cpu_ops.py), in that program only and
+with the global flag off.
 The network's mathematics is unchanged; results differ from the default kernels by float32 rounding.
 
 Such a program is built channels-last (`training_data_format`, models/resnet.py): oneDNN's forward convolutions
@@ -33,7 +34,8 @@ ONEDNN_EXTRA = {"mkldnn_data_type": "float32", "onednn_data_type": "", "use_quan
 # op: (inputs, outputs, attributes it keeps, the oneDNN op's extra attributes as FLAGS_use_mkldnn's lowering sets them).
 # Measured on this suite's ResNets (docs/benchmarks.md): oneDNN's batch norm takes 5-21 ms a call here, channels-last
 # too (Paddle's under 1 ms), and keeps its own saved statistics; oneDNN relu made steps slower and changed the losses.
-# Convolutions and max pooling it is.
+# Convolutions and max pooling it is; batch norm, relu and the Momentum update run on the suite's own multithreaded
+# kernels (cpu_ops.py) in these programs.
 OPS = {
     "conv2d": (("input", "filter"), ("out",), CONV_ATTRIBUTES,
                {"mkldnn_data_type": "float32", "onednn_data_type": "", "is_test": False, "force_fp32_output": False}),
@@ -267,13 +269,18 @@ def _copy_before_in_place_updates(program):
                         operand.set_source(copy)
 
 
+# Ops whose in-place variant writes no data into their first operand: the copy below (an identity transpose), and
+# reshape and its gradient (cpu_ops.py puts a reshape before each of its batch norms), which read only its shape.
+_WRITE_NO_DATA = ("pd_op.transpose", "pd_op.reshape", "pd_op.reshape_grad")
+
+
 def _may_reuse_in_place(op, index):
     """Whether the executor's in-place pass may write `op`'s result into its operand `index`: Paddle ops that have an
     in-place variant (`add` -> `add_`, `relu` -> `relu_`, ...) take over their first operand, when its dtype is the
     result's and nothing reads it afterwards."""
     if op.name().startswith("onednn_op.") or not op.name().startswith("pd_op.") or op.name().endswith("_"):
         return False
-    if not hasattr(paddle._C_ops, op.name()[len("pd_op."):] + "_") or op.name() == "pd_op.transpose":
+    if not hasattr(paddle._C_ops, op.name()[len("pd_op."):] + "_") or op.name() in _WRITE_NO_DATA:
         return False
     return index == 0 and op.num_results() > 0 and op.result(0).dtype == op.operand_source(0).dtype
 

@@ -16,7 +16,7 @@ import paddle
 
 import models
 import utility
-from core import distributed, onednn, predictor, pretrained
+from core import cpu_ops, distributed, onednn, predictor, pretrained
 
 TrainProgram = collections.namedtuple("TrainProgram", "program startup image label feature loss accuracies scheduler")
 FeatureProgram = collections.namedtuple("FeatureProgram", "program startup image feature")
@@ -81,7 +81,10 @@ def build_train_program(model_name, embedding_size, image_shape, loss, scheduler
     with paddle.utils.unique_name.guard():
         program, startup = paddle.static.Program(), paddle.static.Program()
         program.random_seed = startup.random_seed = seed
-        with paddle.static.program_guard(program, startup):
+        # The channels-last program is the CPU's (oneDNN): its float32 batch norms and updates run on the suite's
+        # multithreaded kernels (cpu_ops.py).
+        with paddle.static.program_guard(program, startup), \
+                cpu_ops.used_for_training(data_format == onednn.DATA_FORMAT and amp_dtype is None):
             image = _image_input(image_shape)
             label = paddle.static.data(name="label", shape=[None, 1], dtype="int64")
             with paddle.amp.auto_cast(enable=amp_dtype is not None, level="O1", dtype=amp_dtype or "float16"):

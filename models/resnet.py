@@ -31,6 +31,8 @@ import paddle
 import paddle.nn.functional as F
 from paddle import ParamAttr, nn
 
+from core import cpu_ops
+
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
 
@@ -67,7 +69,8 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
     """Bias-free convolution (``<conv_name>_weights``) followed by batch norm named ``bn_name``; optional relu.
 
     Padding keeps the spatial size for stride 1. ``is_test`` puts the batch norm in inference mode (moving averages).
-    ``x`` and the result are in ``data_format``; the weights are OIHW in either.
+    ``x`` and the result are in ``data_format``; the weights are OIHW in either. The batch norm and relu are built
+    by ``core.cpu_ops.batch_norm``: the suite's multithreaded kernels in a oneDNN training program, else Paddle's.
     """
     conv = nn.Conv2D(
         channels(x, data_format), num_filters, filter_size, stride=stride, padding=(filter_size - 1) // 2,
@@ -83,8 +86,7 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
     if y.dtype == paddle.bfloat16 and not paddle.is_compiled_with_cuda():
         # bfloat16 AMP runs the conv in bfloat16, but CPU builds of Paddle 3.3.1 have no bfloat16 batch norm.
         y = y.astype("float32")
-    y = batch_norm(y)
-    return F.relu(y) if relu else y
+    return cpu_ops.batch_norm(batch_norm, y, relu)
 
 
 def global_pool_and_embed(x, embedding_size, data_format="NCHW"):

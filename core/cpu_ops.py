@@ -1,0 +1,150 @@
+"""The suite's own CPU kernels (core/cpu_ops.cc) for the training program of a oneDNN run: training-mode batch norm
+with its relu (channels-last) and the Momentum update, on every OpenMP thread.
+
+Paddle 3.3.1's CPU batch norm, relu, their gradients and its Momentum update run on one thread, where PyTorch uses
+all of them; on this project's 2-core machine they were a quarter of a ResNet training step on oneDNN
+(docs/benchmarks.md). The kernels here compute what `paddle.nn.BatchNorm2D` followed by relu, and what
+`paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics and velocities:
+programs keep their variables, and checkpoints their names.
+
+They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 10 s) into
+Paddle's extension directory (`PADDLE_EXTENSION_DIR`, by default ~/.cache/paddle_extensions), a directory per version
+of the source, and loaded from there after. Where they cannot be built, one warning says why and the program runs on
+Paddle's kernels: slower, the same results within float32 rounding.
+
+`conv_bn_layer` (models/resnet.py) builds every batch norm through `batch_norm`, and the training optimizer is a
+`Momentum`; only what is built inside `used_for_training(True)` (core/programs.py: the channels-last float32
+training program of a oneDNN run) gets these kernels.
+"""
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+
+import paddle
+import paddle.nn.functional as F
+
+import utility
+
+NAME = "metric_learning_cpu_ops"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
+# Without -fno-trapping-math GCC keeps the relu's comparison out of the vectorised loops (10x slower).
+COMPILE_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
+# The OpenMP runtime that oneDNN's convolutions run on in Paddle's CPU wheels is the libiomp5 it ships. The kernels
+# must use the same one: with GCC's libgomp there were two teams of threads, each spinning on the 2 cores while the
+# other worked (a step took 3x as long).
+_IOMP = os.path.join(os.path.dirname(paddle.__file__), "libs", "libiomp5.so")
+LINK_FLAGS = (["-L" + os.path.dirname(_IOMP), "-l:libiomp5.so", "-Wl,-rpath," + os.path.dirname(_IOMP)]
+              if os.path.exists(_IOMP) else ["-fopenmp"])
+
+_module = None
+_load_failed = False
+_in_use = False
+
+
+def _build_directory():
+    """A directory of its own for each version of the source and flags, under Paddle's extension directory."""
+    from paddle.utils.cpp_extension.extension_utils import get_build_directory
+    with open(SOURCE, "rb") as source:
+        digest = hashlib.sha256(source.read() + " ".join(COMPILE_FLAGS + LINK_FLAGS).encode()).hexdigest()[:12]
+    return os.path.join(get_build_directory(verbose=False), "%s_%s" % (NAME, digest))
+
+
+def _compile(directory):
+    """Builds the library into `directory` through a staging directory, so that a build killed halfway leaves
+    nothing that looks finished. The compiler's output is kept out of the log; its last line explains a failure."""
+    staging = "%s.partial-%d" % (directory, os.getpid())
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    build = ("from paddle.utils import cpp_extension; cpp_extension.load(name=%r, sources=[%r], extra_cxx_cflags=%r, "
+             "extra_ldflags=%r, build_directory=%r)" % (NAME, SOURCE, COMPILE_FLAGS, LINK_FLAGS, staging))
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        raise RuntimeError(lines[-1] if lines else "exit status %d" % done.returncode)
+    os.rename(staging, directory)
+    utility.log("compiled the suite's CPU kernels in %.0f s (%s)" % (time.time() - start, directory))
+
+
+def load():
+    """The op module, compiled on first use; None (after one warning) where it cannot be built or loaded."""
+    global _module, _load_failed
+    if _module is not None or _load_failed:
+        return _module
+    with warnings.catch_warnings():  # that ccache would speed up recompiling is no news either
+        warnings.simplefilter("ignore")
+        from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
+    try:
+        directory = _build_directory()
+        # Data-parallel ranks and parallel test processes start together: one compiles, the others wait and load.
+        with open(directory + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.isdir(directory):
+                _compile(directory)
+        quiet = logging.getLogger("utils.cpp_extension")
+        level, quiet.level = quiet.level, logging.WARNING  # its "using custom operator only" is no news
+        try:
+            _module = _import_module_from_library(NAME, os.path.join(directory, NAME))
+        finally:
+            quiet.setLevel(level)
+    except Exception as error:  # a missing compiler, headers or write access: Paddle's kernels instead
+        _load_failed = True
+        reason = (str(error).strip().splitlines() or [""])[-1]
+        print("warning: could not build the suite's CPU kernels (%s: %s); batch norm and the Momentum update run "
+              "on Paddle's single-threaded kernels" % (type(error).__name__, reason), file=sys.stderr, flush=True)
+    return _module
+
+
+@contextlib.contextmanager
+def used_for_training(enabled=True):
+    """Inside, if `enabled`, `batch_norm` and `Momentum` put what they build on these kernels where they apply."""
+    global _in_use
+    previous, _in_use = _in_use, enabled
+    try:
+        yield
+    finally:
+        _in_use = previous
+
+
+def _plain(x):
+    """`x` as the custom ops must read it. The executor converts a oneDNN result (a convolution's output or gradient)
+    into Paddle's layout before a Paddle op, not before a custom op: a reshape to the same shape, which shares the
+    data, is that Paddle op (the conversion itself is free for a channels-last convolution output)."""
+    return paddle.reshape(x, [0] * len(x.shape))
+
+
+def batch_norm(layer, x, relu=False):
+    """`layer(x)` (a paddle.nn.BatchNorm2D), then relu if asked: on these kernels inside `used_for_training` where
+    they apply (training mode, NHWC, float32, batch statistics), else on Paddle's."""
+    if (_in_use and layer.training and layer._data_format == "NHWC" and x.dtype == paddle.float32
+            and not layer._use_global_stats and load() is not None):
+        # The second reshape brings the gradient from the next convolution into Paddle's layout (see `_plain`).
+        y = _module.batch_norm_relu(_plain(x), layer.weight, layer.bias, layer._mean, layer._variance,
+                                    float(layer._momentum), float(layer._epsilon), bool(relu))[0]
+        return _plain(y)
+    y = layer(x)
+    return F.relu(y) if relu else y
+
+
+class Momentum(paddle.optimizer.Momentum):
+    """Paddle's Momentum (its L2 decay folded into the update, as Paddle folds it); built inside `used_for_training`,
+    the update of each float32 parameter runs on these kernels, on every thread for large parameters."""
+
+    def _append_optimize_op(self, block, param_and_grad):
+        param, grad = param_and_grad if isinstance(param_and_grad, tuple) else (None, None)
+        own_regularizer = getattr(param, "regularizer", None) is not None
+        if (not _in_use or param is None or own_regularizer or self._use_nesterov or param.dtype != paddle.float32
+                or self._regularization_method not in ("", "l2_decay") or load() is None):
+            return super()._append_optimize_op(block, param_and_grad)
+        velocity = self._get_accumulator_master(self._velocity_acc_str, param)
+        decay = self._regularization_coeff if self._regularization_method == "l2_decay" else 0.0
+        return _module.momentum_update(param, _plain(grad), velocity, self._create_param_lr(param_and_grad),
+                                       float(self._momentum), float(decay), float(self._rescale_grad))

@@ -1,0 +1,198 @@
+"""cpu_ops.py: the suite's multithreaded batch norm (with its relu) and Momentum update compute what Paddle's do, take
+the place of Paddle's in the oneDNN training program only, and give way to Paddle's kernels where they cannot be
+built."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+from paddle import ParamAttr, nn
+
+import losses
+from core import cpu_ops, onednn, programs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPSILON, MOMENTUM = 1e-5, 0.9
+pytestmark = pytest.mark.skipif(cpu_ops.load() is None, reason="the suite's CPU kernels could not be built here")
+
+
+def batch_norm_reference(x, scale, bias, w, relu):
+    """Float64 NumPy batch norm over all axes but the last, relu, and the gradients of sum(y * w)."""
+    x = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    w = w.reshape(x.shape).astype(np.float64)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    inv_std = 1 / np.sqrt(var + EPSILON)
+    normalised = (x - mean) * inv_std
+    y = scale * normalised + bias
+    g = w * (y > 0) if relu else w
+    y = np.maximum(y, 0) if relu else y
+    dx = scale * inv_std * (g - g.mean(axis=0) - normalised * (g * normalised).mean(axis=0))
+    return {"y": y, "dx": dx, "dscale": (g * normalised).sum(axis=0), "dbias": g.sum(axis=0), "mean": mean, "var": var}
+
+
+def run_batch_norm(shape, relu, suite_kernels, runs=2):
+    """y, the gradients and the running statistics after `runs` runs of one channels-last batch norm (+ relu)."""
+    paddle.enable_static()
+    rng = np.random.default_rng(0)
+    x_value = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
+    w_value = rng.standard_normal(shape).astype("float32")
+    program, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(program, startup), cpu_ops.used_for_training(suite_kernels):
+        x = paddle.static.data("x", shape, "float32")
+        x.stop_gradient = False
+        channels = shape[-1]
+        layer = nn.BatchNorm2D(channels, momentum=MOMENTUM, epsilon=EPSILON, data_format="NHWC",
+                               weight_attr=ParamAttr(initializer=nn.initializer.Assign(1 + rng.random(channels))),
+                               bias_attr=ParamAttr(initializer=nn.initializer.Assign(rng.random(channels) - 0.5)))
+        y = cpu_ops.batch_norm(layer, x, relu)
+        w = paddle.static.data("w", shape, "float32")
+        dx, dscale, dbias = paddle.static.gradients([(y * w).sum()], [x, layer.weight, layer.bias])
+    names = [op.name() for op in program.global_block().ops]
+    assert names.count("custom_op.batch_norm_relu_") == int(suite_kernels)
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        executor.run(startup)
+        for _ in range(runs):
+            out = executor.run(program, feed={"x": x_value, "w": w_value},
+                               fetch_list=[y, dx, dscale, dbias, layer.weight, layer.bias, layer._mean,
+                                           layer._variance])
+    return x_value, w_value, dict(zip(["y", "dx", "dscale", "dbias", "scale", "bias", "mean", "var"], out))
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+def test_batch_norm_computes_paddles_batch_norm_and_relu(relu):
+    shape = [5, 3, 4, 7]  # 60 rows of 7 channels: rows split unevenly over the threads
+    x, w, ours = run_batch_norm(shape, relu, suite_kernels=True)
+    expected = batch_norm_reference(x, ours["scale"], ours["bias"], w, relu)
+    np.testing.assert_allclose(ours["y"].reshape(-1, 7), expected["y"], rtol=1e-5, atol=1e-5)
+    for name in ("dx", "dscale", "dbias"):
+        np.testing.assert_allclose(ours[name].reshape(expected[name].shape), expected[name], rtol=1e-4, atol=1e-5,
+                                   err_msg=name)
+    # Two runs from running statistics 0 and 1: the same batch statistics folded in twice, in place.
+    np.testing.assert_allclose(ours["mean"], expected["mean"] * (1 - MOMENTUM ** 2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours["var"], MOMENTUM ** 2 + expected["var"] * (1 - MOMENTUM ** 2), rtol=1e-5)
+    if relu:
+        assert (ours["y"] == 0).mean() > 0.2  # the relu had something to cut
+    _, _, paddles = run_batch_norm(shape, relu, suite_kernels=False)
+    for name, value in paddles.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def run_momentum(sizes, suite_kernels, steps=3, learning_rate=0.1, decay=1e-3):
+    """Parameters and velocities after `steps` Momentum steps on sum(p * w_step) (gradient w_step)."""
+    paddle.enable_static()
+    rng = np.random.default_rng(1)
+    grads = [[rng.standard_normal(size).astype("float32") for size in sizes] for _ in range(steps)]
+    program, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.utils.unique_name.guard(), paddle.static.program_guard(program, startup), \
+            cpu_ops.used_for_training(suite_kernels):
+        params = [paddle.static.create_parameter(
+                      [size], "float32", name="p%d" % i,
+                      default_initializer=nn.initializer.Assign(rng.standard_normal(size).astype("float32")))
+                  for i, size in enumerate(sizes)]
+        feeds = [paddle.static.data("w%d" % i, [size], "float32") for i, size in enumerate(sizes)]
+        loss = paddle.add_n([(p * w).sum() for p, w in zip(params, feeds)])
+        cpu_ops.Momentum(learning_rate=learning_rate, momentum=MOMENTUM,
+                         weight_decay=paddle.regularizer.L2Decay(decay)).minimize(loss)
+    names = [op.name() for op in program.global_block().ops]
+    assert names.count("custom_op.momentum_update_") == (len(sizes) if suite_kernels else 0)
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        executor.run(startup)
+        start = {name: np.array(value) for name, value in program.state_dict().items()}
+        for step in range(steps):
+            executor.run(program, feed={"w%d" % i: grad for i, grad in enumerate(grads[step])})
+        end = {name: np.array(value) for name, value in program.state_dict().items()}
+    return start, end, grads
+
+
+def test_momentum_update_computes_paddles_momentum_with_l2_decay():
+    sizes = [10, 40000]  # one updated on the calling thread, one on all threads
+    start, ours, grads = run_momentum(sizes, suite_kernels=True)
+    for i in range(len(sizes)):
+        param, velocity = start["p%d" % i].astype(np.float64), np.zeros(sizes[i])
+        for step in range(len(grads)):
+            velocity = MOMENTUM * velocity + grads[step][i] + 1e-3 * param
+            param = param - 0.1 * velocity
+        np.testing.assert_allclose(ours["p%d" % i], param, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(ours["p%d_velocity_0" % i], velocity, rtol=1e-5, atol=1e-6)
+    _, paddles, _ = run_momentum(sizes, suite_kernels=False)
+    for name in ("p0", "p1", "p0_velocity_0", "p1_velocity_0"):
+        np.testing.assert_allclose(ours[name], paddles[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def custom_op_counts(data_format, amp_dtype=None, model="ResNet18"):
+    paddle.enable_static()
+    train_program = programs.build_train_program(model, 0, (3, 32, 32), losses.ArcMarginLoss(class_dim=4), 0.01, 1,
+                                                 amp_dtype=amp_dtype, data_format=data_format)
+    names = [op.name() for op in train_program.program.global_block().ops]
+    return {name: names.count(name) for name in set(names) if name.startswith("custom_op.")}
+
+
+def test_only_the_float32_onednn_training_program_runs_on_the_suite_kernels():
+    # ResNet18: 20 batch norms; 61 parameters (20 convolutions, 20 x scale and offset, the arcmargin weights).
+    assert custom_op_counts(onednn.DATA_FORMAT) == {"custom_op.batch_norm_relu_": 20,
+                                                    "custom_op.batch_norm_relu_grad": 20,
+                                                    "custom_op.momentum_update_": 61}
+    assert custom_op_counts("NCHW") == {}
+    assert custom_op_counts(onednn.DATA_FORMAT, amp_dtype="bfloat16") == {}
+
+
+class NchwNet:
+    """A network without the data_format choice: NCHW convolutions on oneDNN, whose filter gradients come out of
+    oneDNN in its own layout."""
+
+    def net(self, image, embedding_size=0, is_test=False):
+        conv = nn.Conv2D(3, 8, 3, stride=2, weight_attr=ParamAttr(name="nchw_conv_weights"),
+                         bias_attr=ParamAttr(name="nchw_conv_offset"))
+        return paddle.flatten(nn.AdaptiveAvgPool2D(2)(paddle.nn.functional.relu(conv(image))), start_axis=1)
+
+
+def one_onednn_step(monkeypatch, suite_kernels):
+    import models
+    monkeypatch.setitem(models.MODELS, "NchwNet", NchwNet)
+    if not suite_kernels:  # as where they cannot be built
+        monkeypatch.setattr(cpu_ops, "_module", None)
+        monkeypatch.setattr(cpu_ops, "_load_failed", True)
+    paddle.enable_static()
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        train_program = programs.build_train_program("NchwNet", 0, (3, 16, 16), losses.ArcMarginLoss(class_dim=4),
+                                                     0.1, 1, data_format=onednn.DATA_FORMAT)
+        names = [op.name() for op in train_program.program.global_block().ops]
+        assert names.count("custom_op.momentum_update_") == (3 if suite_kernels else 0)
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(train_program.startup)
+        assert onednn.place_on_onednn(train_program.program, executor) == 2
+        images = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype("float32")
+        executor.run(train_program.program, feed={"image": images, "label": np.arange(8).reshape(-1, 1) % 4})
+        return {name: np.array(value) for name, value in train_program.program.state_dict().items()}
+
+
+def test_filter_gradients_from_onednn_reach_the_update_in_paddles_layout(monkeypatch):
+    ours = one_onednn_step(monkeypatch, suite_kernels=True)
+    paddles = one_onednn_step(monkeypatch, suite_kernels=False)
+    assert np.abs(paddles["nchw_conv_weights_velocity_0"]).max() > 1e-3
+    for name, value in paddles.items():
+        np.testing.assert_allclose(ours[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_without_a_compiler_training_warns_once_and_runs_on_paddles_kernels(tmp_path):
+    script = ("import core, losses, paddle\n"
+              "from core import cpu_ops, onednn, programs\n"
+              "paddle.enable_static()\n"
+              "loss = losses.ArcMarginLoss(class_dim=4)\n"
+              "for _ in range(2):\n"
+              "    program = programs.build_train_program('ResNet18', 0, (3, 32, 32), loss, 0.01, 1,\n"
+              "                                           data_format=onednn.DATA_FORMAT).program\n"
+              "    print(sum(op.name().startswith('custom_op.') for op in program.global_block().ops))\n")
+    env = dict(os.environ, CC="/bin/false", CXX="/bin/false", PADDLE_EXTENSION_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["0", "0"]
+    warnings = [line for line in done.stderr.splitlines() if "could not build the suite's CPU kernels" in line]
+    assert len(warnings) == 1 and "Paddle's single-threaded kernels" in warnings[0], done.stderr[-3000:]
+    # Nothing half-built is left to be taken for a finished build next time.
+    assert [name for name in os.listdir(tmp_path) if not name.endswith(".lock")] == []
