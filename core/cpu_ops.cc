@@ -265,9 +265,6 @@ CPU_OPS_CLONES void MomentumUpdate(int64_t first, int64_t last, const float* gra
   }
 }
 
-// Below this many elements a parameter is updated on the calling thread: starting the others costs more.
-constexpr int64_t kParallelMomentumSize = 1 << 15;
-
 }  // namespace
 
 std::vector<paddle::Tensor> MomentumForward(const paddle::Tensor& param, const paddle::Tensor& grad,
@@ -281,11 +278,9 @@ std::vector<paddle::Tensor> MomentumForward(const paddle::Tensor& param, const p
   float* v = const_cast<float*>(velocity.data<float>());
   const float* g = grad.data<float>();
   const float lr = learning_rate.data<float>()[0];
-  if (n < kParallelMomentumSize) {
-    MomentumUpdate(0, n, g, mu, l2_decay, rescale_grad, lr, p, v);
-  } else {
-    ForRows(n, [&](int64_t first, int64_t last) { MomentumUpdate(first, last, g, mu, l2_decay, rescale_grad, lr, p, v); });
-  }
+  ForRows(n, [&](int64_t first, int64_t last) {
+    MomentumUpdate(first, last, g, mu, l2_decay, rescale_grad, lr, p, v);
+  });
   return {};
 }
 

@@ -14,7 +14,8 @@ Paddle's kernels: slower, the same results within float32 rounding.
 
 `conv_bn_layer` (models/resnet.py) builds every batch norm through `batch_norm`, and the training optimizer is a
 `Momentum`; only what is built inside `used_for_training(True)` (core/programs.py: the channels-last float32
-training program of a oneDNN run) gets these kernels.
+training program of a oneDNN run) gets these kernels. `METRIC_LEARNING_CPU_OPS=0` in the environment keeps every
+program on Paddle's kernels (to compare them, as bench/cpu_ops_speed.py does, or to rule these out).
 """
 import contextlib
 import fcntl
@@ -27,12 +28,16 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 import utility
 
 NAME = "metric_learning_cpu_ops"
+SWITCH = "METRIC_LEARNING_CPU_OPS"
+# Parameters with fewer elements stay on Paddle's Momentum update (measured: a custom op costs about 10 us more to run).
+MOMENTUM_MIN_SIZE = 1 << 15
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
 # Without -fno-trapping-math GCC keeps the relu's comparison out of the vectorised loops (10x slower).
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
@@ -114,37 +119,38 @@ def used_for_training(enabled=True):
         _in_use = previous
 
 
-def _plain(x):
-    """`x` as the custom ops must read it. The executor converts a oneDNN result (a convolution's output or gradient)
-    into Paddle's layout before a Paddle op, not before a custom op: a reshape to the same shape, which shares the
-    data, is that Paddle op (the conversion itself is free for a channels-last convolution output)."""
-    return paddle.reshape(x, [0] * len(x.shape))
+def _wanted():
+    """Whether what is being built gets these kernels: inside `used_for_training(True)`, not switched off, and built."""
+    return _in_use and os.environ.get(SWITCH, "1") != "0" and load() is not None
 
 
 def batch_norm(layer, x, relu=False):
     """`layer(x)` (a paddle.nn.BatchNorm2D), then relu if asked: on these kernels inside `used_for_training` where
     they apply (training mode, NHWC, float32, batch statistics), else on Paddle's."""
-    if (_in_use and layer.training and layer._data_format == "NHWC" and x.dtype == paddle.float32
-            and not layer._use_global_stats and load() is not None):
-        # The second reshape brings the gradient from the next convolution into Paddle's layout (see `_plain`).
-        y = _module.batch_norm_relu(_plain(x), layer.weight, layer.bias, layer._mean, layer._variance,
-                                    float(layer._momentum), float(layer._epsilon), bool(relu))[0]
-        return _plain(y)
+    if (layer.training and layer._data_format == "NHWC" and x.dtype == paddle.float32
+            and not layer._use_global_stats and _wanted()):
+        return _module.batch_norm_relu(x, layer.weight, layer.bias, layer._mean, layer._variance,
+                                       float(layer._momentum), float(layer._epsilon), bool(relu))[0]
     y = layer(x)
     return F.relu(y) if relu else y
 
 
 class Momentum(paddle.optimizer.Momentum):
     """Paddle's Momentum (its L2 decay folded into the update, as Paddle folds it); built inside `used_for_training`,
-    the update of each float32 parameter runs on these kernels, on every thread for large parameters."""
+    the update of each large float32 parameter runs on these kernels."""
 
     def _append_optimize_op(self, block, param_and_grad):
-        param, grad = param_and_grad if isinstance(param_and_grad, tuple) else (None, None)
-        own_regularizer = getattr(param, "regularizer", None) is not None
-        if (not _in_use or param is None or own_regularizer or self._use_nesterov or param.dtype != paddle.float32
-                or self._regularization_method not in ("", "l2_decay") or load() is None):
-            return super()._append_optimize_op(block, param_and_grad)
+        if isinstance(param_and_grad, dict) or not self._on_suite_kernels(param_and_grad[0]):
+            return super()._append_optimize_op(block, param_and_grad)  # parameter groups, and the rest, as Paddle
+        param, grad = param_and_grad
         velocity = self._get_accumulator_master(self._velocity_acc_str, param)
         decay = self._regularization_coeff if self._regularization_method == "l2_decay" else 0.0
-        return _module.momentum_update(param, _plain(grad), velocity, self._create_param_lr(param_and_grad),
+        return _module.momentum_update(param, grad, velocity, self._create_param_lr(param_and_grad),
                                        float(self._momentum), float(decay), float(self._rescale_grad))
+
+    def _on_suite_kernels(self, param):
+        """Plain float32 Momentum, L2 decay from the optimizer's own weight_decay if any, a parameter large enough to
+        share out over threads (below that Paddle's update is as fast and starts sooner), where these are wanted."""
+        return (param.dtype == paddle.float32 and int(np.prod(param.shape)) >= MOMENTUM_MIN_SIZE
+                and getattr(param, "regularizer", None) is None and not self._use_nesterov
+                and self._regularization_method in ("", "l2_decay") and _wanted())

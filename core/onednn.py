@@ -150,6 +150,7 @@ def place_on_onednn(program, executor):
     passes.run(program)
     _skip_unused_input_gradients(program)
     _keep_filter_gradients_oihw(program)
+    _convert_for_custom_ops(program)
     _copy_before_in_place_updates(program)
     _keep_shared_results_from_in_place_reuse(program)
     names = [op.name() for op in program.global_block().ops]
@@ -238,6 +239,30 @@ def _flatten_filter_gradient_pattern():
     return context
 
 
+def _convert_for_custom_ops(program):
+    """Puts a reshape to its own shape, a Paddle op that shares the data, between each oneDNN result and the custom ops
+    (cpu_ops.py) that read it.
+
+    The executor converts a oneDNN result out of oneDNN's memory layout before each Paddle op that reads it, but not
+    before a custom op, which then read blocked memory as if it were plain: an NCHW network's filter gradients reached
+    the Momentum update permuted (tests/test_cpu_ops.py). For a channels-last convolution output the conversion is
+    free.
+    """
+    for op in list(program.global_block().ops):
+        if not op.name().startswith("custom_op."):
+            continue
+        for operand in op.operands():
+            source = operand.source()
+            producer = source.get_defining_op()
+            if producer is None or not producer.name().startswith("onednn_op."):
+                continue
+            with paddle.static.program_guard(program):
+                pir.set_insertion_point(op)
+                converted = paddle.reshape(source, [0] * len(source.shape))
+                pir.reset_insertion_point_to_end()
+            operand.set_source(converted)
+
+
 def _updates_in_place(op, value):
     """Whether `op` writes its result into `value`'s memory (an in-place op such as all_reduce_)."""
     in_place_inputs = set(get_op_inplace_info(op).values())
@@ -270,7 +295,7 @@ def _copy_before_in_place_updates(program):
 
 
 # Ops whose in-place variant writes no data into their first operand: the copy below (an identity transpose), and
-# reshape and its gradient (cpu_ops.py puts a reshape before each of its batch norms), which read only its shape.
+# reshape (`_convert_for_custom_ops`) and its gradient, which read only its shape.
 _WRITE_NO_DATA = ("pd_op.transpose", "pd_op.reshape", "pd_op.reshape_grad")
 
 

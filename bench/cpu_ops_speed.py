@@ -1,0 +1,133 @@
+"""The suite's CPU kernels (core/cpu_ops.py: batch norm with its relu, the Momentum update) against Paddle's own, in
+the training step of a oneDNN run.
+
+    python bench/cpu_ops_speed.py --models=ResNet18,ResNet50 --sides=64,224 --batch_sizes=32,8
+
+For each model, input and loss it builds the training program twice in one process, on the suite's kernels and with
+METRIC_LEARNING_CPU_OPS=0 (Paddle's), places both on oneDNN as the scripts do, and times them in turns: --rounds
+rounds of --steps steps each, the order flipped every round, on one pre-made batch. The table shows each program's
+median images/s and the median of the rounds' ratios, so that the machine's load, which moves both alike within a
+round, cancels.
+"""
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import core  # noqa: E402,F401  (the CPU thread count, before paddle loads)
+import numpy as np  # noqa: E402
+import paddle  # noqa: E402
+
+import losses  # noqa: E402
+import models  # noqa: E402
+import utility  # noqa: E402
+from bench import bench_flags  # noqa: E402
+from bench.timing import images_per_second  # noqa: E402
+from core import cpu_ops, onednn, programs  # noqa: E402
+
+QUICK_FLAGS = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--losses=arcmargin", "--steps=1", "--rounds=2"]
+CLASSES = 40
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
+    add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
+    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help="Batch per side. Default: 32,8.")
+    add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
+    add("--steps", type=int, default=4, help="Timed steps per program and round. Default: %(default)s.")
+    add("--rounds", type=int, default=8, help="Rounds; medians are shown. Default: %(default)s.")
+    bench_flags.add_quick_flag(parser, QUICK_FLAGS)
+    return parser
+
+
+def parse_args(argv=None):
+    args = bench_flags.parse_args(make_parser(), QUICK_FLAGS, argv)
+    args.models = bench_flags.registered_names("models", args.models, models.MODELS)
+    args.losses = bench_flags.registered_names("losses", args.losses, ("arcmargin", "eml"))
+    if len(args.batch_sizes) != len(args.sides):
+        utility.flag_error("batch_sizes", "needs one value per --sides entry")
+    bench_flags.check_at_least_one(args, ["steps", "rounds"])
+    return args
+
+
+@contextlib.contextmanager
+def suite_kernels(on):
+    """Programs built inside run on the suite's kernels if `on`, else on Paddle's (the environment switch)."""
+    previous = os.environ.get(cpu_ops.SWITCH)
+    os.environ[cpu_ops.SWITCH] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[cpu_ops.SWITCH]
+        else:
+            os.environ[cpu_ops.SWITCH] = previous
+
+
+def training_step(model, side, batch_size, loss_name, on):
+    """One step of the oneDNN training program (in a scope of its own), as a function of no arguments."""
+    loss = losses.ArcMarginLoss(class_dim=CLASSES) if loss_name == "arcmargin" else losses.EmlLoss(batch_size, 2)
+    scope = paddle.static.Scope()
+    with suite_kernels(on), paddle.static.scope_guard(scope):
+        train_program = programs.build_train_program(model, 0, (3, side, side), loss, 0.01, seed=0,
+                                                     data_format=onednn.DATA_FORMAT)
+        executor = paddle.static.Executor(paddle.CPUPlace())
+        executor.run(train_program.startup)
+        onednn.place_on_onednn(train_program.program, executor)
+    rng = np.random.default_rng(0)
+    feed = {"image": rng.standard_normal((batch_size, 3, side, side)).astype("float32"),
+            "label": (np.arange(batch_size) % CLASSES if loss_name == "arcmargin"
+                      else np.repeat(np.arange(batch_size // 2), 2)).reshape(-1, 1).astype("int64")}
+
+    def step():
+        with paddle.static.scope_guard(scope):
+            executor.run(train_program.program, feed=feed, fetch_list=[train_program.loss])
+    return step
+
+
+def compare(step_on, step_off, batch_size, steps, rounds):
+    """Images/s of each per round, in turns, order flipped every round (both warmed up first)."""
+    rates = {True: [], False: []}
+    for step in (step_on, step_off):
+        step()
+    for round_index in range(rounds):
+        for on in ((True, False) if round_index % 2 == 0 else (False, True)):
+            rates[on].append(images_per_second(step_on if on else step_off, batch_size, steps, warm_up=False))
+    return rates
+
+
+def summary(rates):
+    """(median images/s on the suite's kernels, on Paddle's, median of the per-round ratios)."""
+    ratios = [on / off for on, off in zip(rates[True], rates[False])]
+    return statistics.median(rates[True]), statistics.median(rates[False]), statistics.median(ratios)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    paddle.enable_static()
+    if cpu_ops.load() is None:
+        sys.exit("the suite's CPU kernels could not be built here: nothing to compare")
+    print("CPUs: %d, threads: %s, paddle %s" % (os.cpu_count(), os.environ.get("OMP_NUM_THREADS"), paddle.__version__))
+    results = {}
+    for model in args.models:
+        for side, batch_size in zip(args.sides, args.batch_sizes):
+            for loss_name in args.losses:
+                steps = [training_step(model, side, batch_size, loss_name, on) for on in (True, False)]
+                results[(model, side, batch_size, loss_name)] = compare(*steps, batch_size, args.steps, args.rounds)
+                print("%s 3x%dx%d batch %d %s done" % (model, side, side, batch_size, loss_name), flush=True)
+    print("\n| model | input | batch | loss | suite's kernels | Paddle's kernels | suite / Paddle |")
+    print("|---|---|---:|---|---:|---:|---:|")
+    for (model, side, batch_size, loss_name), rates in results.items():
+        print("| %s | 3x%dx%d | %d | %s | %.1f | %.1f | %.3f |"
+              % ((model, side, side, batch_size, loss_name) + summary(rates)))
+    return results
+
+
+if __name__ == "__main__":
+    main()
