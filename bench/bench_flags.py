@@ -34,6 +34,24 @@ def check_at_least_one(args, flags):
             utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
 
 
+def add_training_grid_flags(parser, batch_help="Training batch per side"):
+    """--models, --sides, --batch_sizes and --losses: the configurations a training benchmark times."""
+    add = parser.add_argument
+    add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
+    add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
+    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help=batch_help + ". Default: 32,8.")
+    add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
+
+
+def check_training_grid(args, model_registry, loss_registry, per_side=("batch_sizes",)):
+    """The names of `add_training_grid_flags` checked and split; each flag of `per_side` has one value per side."""
+    args.models = registered_names("models", args.models, model_registry)
+    args.losses = registered_names("losses", args.losses, loss_registry)
+    for flag in per_side:
+        if len(getattr(args, flag)) != len(args.sides):
+            utility.flag_error(flag, "needs one value per --sides entry")
+
+
 def add_toy_set_flags(parser, work_dir, classes=300, image_size=80):
     add = parser.add_argument
     add("--train_classes", type=int, default=classes, help="Toy training products. Default: %(default)s.")

@@ -24,22 +24,22 @@ import paddle  # noqa: E402
 
 import losses  # noqa: E402
 import models  # noqa: E402
-import utility  # noqa: E402
 from bench import bench_flags  # noqa: E402
 from bench.timing import images_per_second  # noqa: E402
 from core import cpu_ops, onednn, programs  # noqa: E402
 
 QUICK_FLAGS = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--losses=arcmargin", "--steps=1", "--rounds=2"]
 CLASSES = 40
+LOSSES = {  # the two heads train_throughput.py times by default: a classifier's and a pair loss's
+    "arcmargin": lambda batch_size: losses.ArcMarginLoss(class_dim=CLASSES),
+    "eml": lambda batch_size: losses.EmlLoss(batch_size, 2),
+}
 
 
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
-    add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
-    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help="Batch per side. Default: 32,8.")
-    add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
+    bench_flags.add_training_grid_flags(parser)
     add("--steps", type=int, default=4, help="Timed steps per program and round. Default: %(default)s.")
     add("--rounds", type=int, default=8, help="Rounds; medians are shown. Default: %(default)s.")
     bench_flags.add_quick_flag(parser, QUICK_FLAGS)
@@ -48,10 +48,7 @@ def make_parser():
 
 def parse_args(argv=None):
     args = bench_flags.parse_args(make_parser(), QUICK_FLAGS, argv)
-    args.models = bench_flags.registered_names("models", args.models, models.MODELS)
-    args.losses = bench_flags.registered_names("losses", args.losses, ("arcmargin", "eml"))
-    if len(args.batch_sizes) != len(args.sides):
-        utility.flag_error("batch_sizes", "needs one value per --sides entry")
+    bench_flags.check_training_grid(args, models.MODELS, LOSSES)
     bench_flags.check_at_least_one(args, ["steps", "rounds"])
     return args
 
@@ -72,7 +69,7 @@ def suite_kernels(on):
 
 def training_step(model, side, batch_size, loss_name, on):
     """One step of the oneDNN training program (in a scope of its own), as a function of no arguments."""
-    loss = losses.ArcMarginLoss(class_dim=CLASSES) if loss_name == "arcmargin" else losses.EmlLoss(batch_size, 2)
+    loss = LOSSES[loss_name](batch_size)
     scope = paddle.static.Scope()
     with suite_kernels(on), paddle.static.scope_guard(scope):
         train_program = programs.build_train_program(model, 0, (3, side, side), loss, 0.01, seed=0,

@@ -75,12 +75,9 @@ BUILDERS.append((paddle.static, "create_parameter"))
 def make_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
-    add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
-    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help="Training batch per side. Default: 32,8.")
+    bench_flags.add_training_grid_flags(parser)
     add("--feature_batch_sizes", type=utility.parse_int_list, default=[64, 16],
         help="Feature-extraction batch per side. Default: 64,16.")
-    add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
     add("--steps", type=int, default=5, help="Timed steps per measurement of the oneDNN step and of feature "
                                              "extraction. Default: %(default)s.")
     add("--e2e_steps", type=int, default=10, help="Timed end-to-end steps per measurement, more than the reader "
@@ -104,11 +101,7 @@ def make_parser():
 
 def parse_args(argv=None):
     args = bench_flags.parse_args(make_parser(), QUICK, argv)
-    args.models = bench_flags.registered_names("models", args.models, models.MODELS)
-    args.losses = bench_flags.registered_names("losses", args.losses, losses.LOSSES)
-    for flag in ("batch_sizes", "feature_batch_sizes"):
-        if len(getattr(args, flag)) != len(args.sides):
-            utility.flag_error(flag, "needs one value per --sides entry")
+    bench_flags.check_training_grid(args, models.MODELS, losses.LOSSES, ("batch_sizes", "feature_batch_sizes"))
     bench_flags.check_at_least_one(args, ("steps", "e2e_steps", "reference_steps", "rounds", "classes"))
     return args
 

@@ -19,6 +19,7 @@ program on Paddle's kernels (to compare them, as bench/cpu_ops_speed.py does, or
 """
 import contextlib
 import fcntl
+import glob
 import hashlib
 import logging
 import os
@@ -63,9 +64,11 @@ def _build_directory():
 
 def _compile(directory):
     """Builds the library into `directory` through a staging directory, so that a build killed halfway leaves
-    nothing that looks finished. The compiler's output is kept out of the log; its last line explains a failure."""
+    nothing that looks finished (the caller holds the lock: any staging directory left is such a build's). The
+    compiler's output is kept out of the log; its last line explains a failure."""
+    for stale in glob.glob(glob.escape(directory) + ".partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = "%s.partial-%d" % (directory, os.getpid())
-    shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     build = ("from paddle.utils import cpp_extension; cpp_extension.load(name=%r, sources=[%r], extra_cxx_cflags=%r, "
              "extra_ldflags=%r, build_directory=%r)" % (NAME, SOURCE, COMPILE_FLAGS, LINK_FLAGS, staging))
@@ -95,7 +98,8 @@ def load():
             if not os.path.isdir(directory):
                 _compile(directory)
         quiet = logging.getLogger("utils.cpp_extension")
-        level, quiet.level = quiet.level, logging.WARNING  # its "using custom operator only" is no news
+        level = quiet.level
+        quiet.setLevel(logging.WARNING)  # its "using custom operator only" is no news
         try:
             _module = _import_module_from_library(NAME, os.path.join(directory, NAME))
         finally:
