@@ -65,7 +65,7 @@ def _build_directory():
 def _compile(directory):
     """Builds the library into `directory` through a staging directory, so that a build killed halfway leaves
     nothing that looks finished (the caller holds the lock: any staging directory left is such a build's). The
-    compiler's output is kept out of the log; its last line explains a failure."""
+    compiler's output is kept out of the log; its first error line explains a failure."""
     for stale in glob.glob(glob.escape(directory) + ".partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
     staging = "%s.partial-%d" % (directory, os.getpid())
@@ -76,8 +76,9 @@ def _compile(directory):
     done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
     if done.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        raise RuntimeError(lines[-1] if lines else "exit status %d" % done.returncode)
+        lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        errors = [line for line in lines if "error:" in line]  # the compiler's or setuptools' own words
+        raise RuntimeError((errors or lines or ["exit status %d" % done.returncode])[0 if errors else -1])
     os.rename(staging, directory)
     utility.log("compiled the suite's CPU kernels in %.0f s (%s)" % (time.time() - start, directory))
 

@@ -202,5 +202,6 @@ def test_without_a_compiler_training_warns_once_and_runs_on_paddles_kernels(tmp_
     assert done.stdout.split() == ["0", "0"]
     warnings = [line for line in done.stderr.splitlines() if "could not build the suite's CPU kernels" in line]
     assert len(warnings) == 1 and "Paddle's single-threaded kernels" in warnings[0], done.stderr[-3000:]
+    assert "/bin/false' failed" in warnings[0]  # the compiler's own error line says why
     # Nothing half-built is left to be taken for a finished build next time.
     assert [name for name in os.listdir(tmp_path) if not name.endswith(".lock")] == []
