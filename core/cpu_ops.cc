@@ -53,8 +53,8 @@ CPU_OPS_CLONES void Normalise(const float* x, int64_t first, int64_t last, int64
   }
 }
 
-// The gradient that reaches the normalisation: dy where the relu passed its input (recomputed from x), else 0.
-// Branch-free, so that the loops vectorise.
+// The gradient that reaches the normalisation: dy where the relu passed its input (recomputed from x), else 0. A
+// select, which the loops vectorise with -fno-trapping-math.
 inline float PassedGradient(float dy, float x, float a, float b, bool relu) {
   return (!relu || x * a + b > 0.f) ? dy : 0.f;
 }
@@ -74,11 +74,11 @@ CPU_OPS_CLONES void AddGradientSums(const float* x, const float* dy, int64_t fir
   }
 }
 
-// dx = k * (g - mean of g - (x - mean) * k_centred), the batch-norm input gradient with the per-channel constants
-// folded in.
+// dx = a * (g - mean of g - (x - mean) * k_centred), the batch-norm input gradient with the per-channel constants
+// folded in (a = scale / std, as in the forward pass).
 CPU_OPS_CLONES void InputGradient(const float* x, const float* dy, int64_t first, int64_t last, int64_t channels,
-                                  const float* a, const float* b, const float* mean, bool relu, const float* k,
-                                  const float* mean_g, const float* k_centred, float* dx) {
+                                  const float* a, const float* b, const float* mean, bool relu, const float* mean_g,
+                                  const float* k_centred, float* dx) {
   for (int64_t r = first; r < last; ++r) {
     const float* xr = x + r * channels;
     const float* gr = dy + r * channels;
@@ -86,7 +86,7 @@ CPU_OPS_CLONES void InputGradient(const float* x, const float* dy, int64_t first
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
       const float g = PassedGradient(gr[c], xr[c], a[c], b[c], relu);
-      dr[c] = k[c] * (g - mean_g[c] - (xr[c] - mean[c]) * k_centred[c]);
+      dr[c] = a[c] * (g - mean_g[c] - (xr[c] - mean[c]) * k_centred[c]);
     }
   }
 }
@@ -197,20 +197,18 @@ std::vector<paddle::Tensor> BatchNormReluBackward(const paddle::Tensor& x, const
 
   auto dscale = paddle::empty({channels}, paddle::DataType::FLOAT32, x.place());
   auto dbias = paddle::empty({channels}, paddle::DataType::FLOAT32, x.place());
-  std::vector<float> k(channels), mean_g(channels), k_centred(channels);
+  std::vector<float> mean_g(channels), k_centred(channels);
   for (int64_t c = 0; c < channels; ++c) {
     const double inv_std = saved_inv_std.data<float>()[c];
     dbias.data<float>()[c] = static_cast<float>(sum_dy[c]);
     dscale.data<float>()[c] = static_cast<float>(sum_dy_centred[c] * inv_std);
-    k[c] = scale.data<float>()[c] * inv_std;
     mean_g[c] = static_cast<float>(sum_dy[c] / rows);
     k_centred[c] = static_cast<float>(inv_std * inv_std * sum_dy_centred[c] / rows);
   }
   auto dx = paddle::empty_like(x);
   float* dxp = dx.data<float>();
   ForRows(rows, [&](int64_t r0, int64_t r1) {
-    InputGradient(xp, gp, r0, r1, channels, a.data(), b.data(), mean, relu, k.data(), mean_g.data(),
-                  k_centred.data(), dxp);
+    InputGradient(xp, gp, r0, r1, channels, a.data(), b.data(), mean, relu, mean_g.data(), k_centred.data(), dxp);
   });
   return {dx, dscale, dbias};
 }

@@ -295,8 +295,8 @@ def _copy_before_in_place_updates(program):
 
 
 # Ops whose in-place variant writes no data into their first operand: the copy below (an identity transpose), and
-# reshape (`_convert_for_custom_ops`) and its gradient, which read only its shape.
-_WRITE_NO_DATA = ("pd_op.transpose", "pd_op.reshape", "pd_op.reshape_grad")
+# the reshape of `_convert_for_custom_ops`, which only relabels the shape.
+_WRITE_NO_DATA = ("pd_op.transpose", "pd_op.reshape")
 
 
 def _may_reuse_in_place(op, index):
