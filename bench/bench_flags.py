@@ -34,12 +34,12 @@ def check_at_least_one(args, flags):
             utility.flag_error(flag, "must be at least 1, got %d" % getattr(args, flag))
 
 
-def add_training_grid_flags(parser, batch_help="Training batch per side"):
+def add_training_grid_flags(parser):
     """--models, --sides, --batch_sizes and --losses: the configurations a training benchmark times."""
     add = parser.add_argument
     add("--models", default="ResNet18,ResNet50", help="Comma-separated backbones. Default: %(default)s.")
     add("--sides", type=utility.parse_int_list, default=[64, 224], help="Input sides (3xSxS). Default: 64,224.")
-    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help=batch_help + ". Default: 32,8.")
+    add("--batch_sizes", type=utility.parse_int_list, default=[32, 8], help="Training batch per side. Default: 32,8.")
     add("--losses", default="arcmargin,eml", help="Comma-separated losses. Default: %(default)s.")
 
 

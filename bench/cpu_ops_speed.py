@@ -79,7 +79,7 @@ def training_step(model, side, batch_size, loss_name, on):
         onednn.place_on_onednn(train_program.program, executor)
     rng = np.random.default_rng(0)
     feed = {"image": rng.standard_normal((batch_size, 3, side, side)).astype("float32"),
-            "label": (np.arange(batch_size) % CLASSES if loss_name == "arcmargin"
+            "label": (np.arange(batch_size) % CLASSES if loss.has_classifier  # else pairs of a class
                       else np.repeat(np.arange(batch_size // 2), 2)).reshape(-1, 1).astype("int64")}
 
     def step():

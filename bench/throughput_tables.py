@@ -65,6 +65,7 @@ def print_cpu_tables(groups, torch_median, bf16):
                         "the training scripts' test (Paddle Inference with oneDNN), against Paddle's default kernels",
                         ("oneDNN predictor", "default kernels", "oneDNN / default"))
 
+
 def print_gpu_tables(groups, torch_median):
     print("\nTraining step on the GPU, images/s (median of rounds); compute: one pre-made batch fed every step\n")
     print("| model | input | batch | loss | float32 | float16 AMP | fp16 / fp32 | end to end | e2e / fp32 "
