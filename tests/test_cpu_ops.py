@@ -11,6 +11,7 @@ import pytest
 from paddle import ParamAttr, nn
 
 import losses
+import models
 from core import cpu_ops, onednn, programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,7 +158,6 @@ class NchwNet:
 
 
 def one_onednn_step(monkeypatch, suite_kernels):
-    import models
     monkeypatch.setitem(models.MODELS, "NchwNet", NchwNet)
     if not suite_kernels:  # as where they cannot be built
         monkeypatch.setattr(cpu_ops, "_module", None)
