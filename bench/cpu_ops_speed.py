@@ -26,7 +26,7 @@ import losses  # noqa: E402
 import models  # noqa: E402
 from bench import bench_flags  # noqa: E402
 from bench.timing import images_per_second  # noqa: E402
-from core import cpu_ops, onednn, programs  # noqa: E402
+from core import cpu_ops, native_build, onednn, programs  # noqa: E402
 
 QUICK_FLAGS = ["--models=ResNet18", "--sides=32", "--batch_sizes=4", "--losses=arcmargin", "--steps=1", "--rounds=2"]
 CLASSES = 40
@@ -56,15 +56,15 @@ def parse_args(argv=None):
 @contextlib.contextmanager
 def suite_kernels(on):
     """Programs built inside run on the suite's kernels if `on`, else on Paddle's (the environment switch)."""
-    previous = os.environ.get(cpu_ops.SWITCH)
-    os.environ[cpu_ops.SWITCH] = "1" if on else "0"
+    previous = os.environ.get(native_build.SWITCH)
+    os.environ[native_build.SWITCH] = "1" if on else "0"
     try:
         yield
     finally:
         if previous is None:
-            del os.environ[cpu_ops.SWITCH]
+            del os.environ[native_build.SWITCH]
         else:
-            os.environ[cpu_ops.SWITCH] = previous
+            os.environ[native_build.SWITCH] = previous
 
 
 def training_step(model, side, batch_size, loss_name, on):

@@ -7,10 +7,9 @@ all of them; on this project's 2-core machine they were a quarter of a ResNet tr
 `paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics and velocities:
 programs keep their variables, and checkpoints their names.
 
-They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 10 s) into
-Paddle's extension directory (`PADDLE_EXTENSION_DIR`, by default ~/.cache/paddle_extensions), a directory per version
-of the source, and loaded from there after. Where they cannot be built, one warning says why and the program runs on
-Paddle's kernels: slower, the same results within float32 rounding.
+They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 10 s) as
+native_build.py builds the suite's kernels, and loaded from there after. Where they cannot be built, one warning says
+why and the program runs on Paddle's kernels: slower, the same results within float32 rounding.
 
 `conv_bn_layer` (models/resnet.py) builds every batch norm through `batch_norm`, and the training optimizer is a
 `Momentum`; only what is built inside `used_for_training(True)` (core/programs.py: the channels-last float32
@@ -18,25 +17,19 @@ training program of a oneDNN run) gets these kernels. `METRIC_LEARNING_CPU_OPS=0
 program on Paddle's kernels (to compare them, as bench/cpu_ops_speed.py does, or to rule these out).
 """
 import contextlib
-import fcntl
-import glob
-import hashlib
 import logging
 import os
-import shutil
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-import utility
+from core import native_build
 
 NAME = "metric_learning_cpu_ops"
-SWITCH = "METRIC_LEARNING_CPU_OPS"
 # Parameters with fewer elements stay on Paddle's Momentum update (measured: a custom op costs about 10 us more to run).
 MOMENTUM_MIN_SIZE = 1 << 15
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
@@ -55,32 +48,17 @@ _in_use = False
 
 
 def _build_directory():
-    """A directory of its own for each version of the source and flags, under Paddle's extension directory."""
-    from paddle.utils.cpp_extension.extension_utils import get_build_directory
-    with open(SOURCE, "rb") as source:
-        digest = hashlib.sha256(source.read() + " ".join(COMPILE_FLAGS + LINK_FLAGS).encode()).hexdigest()[:12]
-    return os.path.join(get_build_directory(verbose=False), "%s_%s" % (NAME, digest))
+    return native_build.build_directory(NAME, SOURCE, COMPILE_FLAGS + LINK_FLAGS)
 
 
-def _compile(directory):
-    """Builds the library into `directory` through a staging directory, so that a build killed halfway leaves
-    nothing that looks finished (the caller holds the lock: any staging directory left is such a build's). The
-    compiler's output is kept out of the log; its first error line explains a failure."""
-    for stale in glob.glob(glob.escape(directory) + ".partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = "%s.partial-%d" % (directory, os.getpid())
-    os.makedirs(staging)
+def _compile(staging):
+    """Builds the op library into `staging` (native_build.built holds the lock); the compiler's output is kept
+    out of the log, its first error line explains a failure."""
     build = ("from paddle.utils import cpp_extension; cpp_extension.load(name=%r, sources=[%r], extra_cxx_cflags=%r, "
              "extra_ldflags=%r, build_directory=%r)" % (NAME, SOURCE, COMPILE_FLAGS, LINK_FLAGS, staging))
-    start = time.time()
     done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
     if done.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        errors = [line for line in lines if "error:" in line]  # the compiler's or setuptools' own words
-        raise RuntimeError((errors or lines or ["exit status %d" % done.returncode])[0 if errors else -1])
-    os.rename(staging, directory)
-    utility.log("compiled the suite's CPU kernels in %.0f s (%s)" % (time.time() - start, directory))
+        raise native_build.CompileError.from_output(done.stdout + done.stderr, done.returncode)
 
 
 def load():
@@ -92,12 +70,7 @@ def load():
         warnings.simplefilter("ignore")
         from paddle.utils.cpp_extension.extension_utils import _import_module_from_library
     try:
-        directory = _build_directory()
-        # Data-parallel ranks and parallel test processes start together: one compiles, the others wait and load.
-        with open(directory + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not os.path.isdir(directory):
-                _compile(directory)
+        directory = native_build.built(_build_directory(), _compile, "the suite's CPU kernels")
         quiet = logging.getLogger("utils.cpp_extension")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # its "using custom operator only" is no news
@@ -107,9 +80,8 @@ def load():
             quiet.setLevel(level)
     except Exception as error:  # a missing compiler, headers or write access: Paddle's kernels instead
         _load_failed = True
-        reason = (str(error).strip().splitlines() or [""])[-1]
-        print("warning: could not build the suite's CPU kernels (%s: %s); batch norm and the Momentum update run "
-              "on Paddle's single-threaded kernels" % (type(error).__name__, reason), file=sys.stderr, flush=True)
+        native_build.warn_unbuilt("the suite's CPU kernels", error,
+                                  "batch norm and the Momentum update run on Paddle's single-threaded kernels")
     return _module
 
 
@@ -126,7 +98,7 @@ def used_for_training(enabled=True):
 
 def _wanted():
     """Whether what is being built gets these kernels: inside `used_for_training(True)`, not switched off, and built."""
-    return _in_use and os.environ.get(SWITCH, "1") != "0" and load() is not None
+    return _in_use and native_build.switched_on() and load() is not None
 
 
 def batch_norm(layer, x, relu=False):

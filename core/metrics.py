@@ -20,14 +20,16 @@ m + #{negatives with similarity >= t_m}. Recall@K only needs m = 1 and MAP@R onl
 
 1. gather the positives' similarities from S;
 2. tau, a lower bound of the R-th largest similarity of the row: the R-th largest of the maxima of
-   ``_GROUPS`` column groups over a quarter of the row (R groups give R items >= it), at least t_R;
+   ``_GROUPS`` column groups (R groups give R items >= it; the groups cover a quarter of the row on NumPy's and
+   Paddle's passes, all of it in the C pass, which reads the row anyway), at least t_R;
 3. one comparison pass counts the items >= min(tau, t_1). If t_1 < tau, R negatives beat every positive:
    the count gives the best positive's rank and MAP@R = R-Precision = 0. Otherwise the few items >= tau hold
    every rank <= R and the best positive: they are extracted and ranked exactly;
 4. a row with unusually many items >= tau (mass ties, collapsed features) is counted once per positive instead.
 
 No row is sorted and no N x N matrix exists: memory is one block plus its candidates. The blocks themselves (the
-product and its passes, on NumPy or Paddle) are core/similarity.py.
+product and its passes, on NumPy or Paddle) are core/similarity.py; steps 2 and 3 are their `select`, which on the
+CPU is a C pass over each row (core/select_kernel.c) where it can be built.
 """
 import math
 
@@ -38,7 +40,6 @@ from core.similarity import DEFAULT_MEMORY_MB, l2_normalize  # noqa: F401  (l2_n
 
 DEFAULT_RECALL_KS = (1, 10, 100, 1000)
 _GROUPS = 256                          # column groups for the bound tau (a multiple of 8)
-_GROUP_STEP = 4                        # tau reads every 4th chunk of _GROUPS columns: a quarter of each row
 _CAP_BASE, _CAP_PER_POSITIVE = 64, 8   # more candidates than this in a row: counted, not extracted
 _CANDIDATE_BYTES = 96                  # host memory per extracted candidate (indices, values, sort keys)
 
@@ -178,34 +179,27 @@ class _Ranks:
 
 
 def _scan(blocks, positives, rows, width, ranks):
-    """Fill `ranks`: one similarity block of `rows` queries at a time, ranked in slices of blocks.pass_rows."""
+    """Fill `ranks`: one similarity block of `rows` queries at a time."""
     num_queries = len(positives.num)
     for r0 in range(0, num_queries, rows):
         r1 = min(r0 + rows, num_queries)
-        if not positives.num[r0:r1].any():
-            continue
-        s = blocks.similarities(r0, r1)
-        maxima = -np.sort(-blocks.group_max(s, width, _GROUP_STEP), axis=1)
-        for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
-            _rank_rows(blocks, part, maxima[c0 - r0:c1 - r0], c0, c1, positives, ranks)
+        if positives.num[r0:r1].any():
+            _rank_rows(blocks, blocks.similarities(r0, r1), r0, r1, width, positives, ranks)
 
 
-def _rank_rows(blocks, s, maxima, r0, r1, positives, ranks):
-    """Steps 1-4 of the module docstring for queries r0..r1-1: similarities s, sorted group maxima `maxima`."""
+def _rank_rows(blocks, s, r0, r1, width, positives, ranks):
+    """Steps 1-4 of the module docstring for queries r0..r1-1, whose similarities are s."""
     num = positives.num[r0:r1]
-    has = num > 0
     at = np.arange(r1 - r0)
-    last = np.maximum(num - 1, 0)
     t = -np.sort(-blocks.take(s, positives.columns(r0, r1, blocks.padded - 1)), axis=1)  # best first
-    tau = np.maximum(maxima[at, last], t[at, last])
-    theta = np.where(has, np.minimum(tau, t[:, 0]), np.inf).astype(np.float32)
-    count = blocks.count_ge(s, theta)
-    ranked = has & (t[:, 0] >= tau)  # the best positive is among the items >= tau
+    caps = _CAP_BASE + _CAP_PER_POSITIVE * num
+    tau, count, row, col, value = blocks.select(s, r0, r1, width, num, t[:, 0], t[at, np.maximum(num - 1, 0)], caps)
+    theta = np.where(num > 0, np.minimum(tau, t[:, 0]), np.inf)
+    ranked = (num > 0) & (t[:, 0] >= tau)  # the best positive is among the items >= tau
     ranks.n1[r0:r1] = np.where(ranked, 0, count - (t >= theta[:, None]).sum(axis=1))
-    heavy = ranked & (count > _CAP_BASE + _CAP_PER_POSITIVE * num)
+    heavy = ranked & (count > caps)
     light = ranked & ~heavy
     if light.any():
-        row, col, value = blocks.candidates(s, theta, light)
         n1, ap, rp = _rank_candidates(row, value, positives.match(row + r0, col), num)
         ranks.n1[r0:r1][light] = n1[light]
         ranks.ap[r0:r1][light] = ap[light]

@@ -9,15 +9,19 @@ least one padding row whose similarity is always -inf: a block of similarities t
 equal width, whose maxima bound the K-th largest similarity of a row (`group_max`). A block object owns its
 buffers and offers the few passes the callers combine: the product, gathering columns, group maxima, counting and
 extracting the items at or above a per-row threshold. NumPy blocks go through the BLAS on the CPU; Paddle blocks
-run the same passes as Paddle ops on the CPU or a GPU.
+run the same passes as Paddle ops on the CPU or a GPU. The retrieval metrics' selection (`select`) combines them;
+on NumPy blocks a C pass (select_kernel.py) does it in one reading of each row.
 """
 import contextlib
 import math
 
 import numpy as np
 
+from core import select_kernel
+
 DEFAULT_MEMORY_MB = 256
 BACKENDS = ("numpy", "paddle")
+GROUP_STEP = 4  # the passes' bound tau reads every 4th chunk of group-width columns: a quarter of each row
 
 
 def l2_normalize(features, out=None):
@@ -88,6 +92,31 @@ def row_passes(blocks, s, r0, r1):
         yield c0, c1, s if c1 - c0 == r1 - r0 else s[c0 - r0:c1 - r0]
 
 
+def select_by_passes(blocks, s, r0, r1, width, num, t_first, t_last, caps):
+    """The retrieval metrics' steps 2 and 3 (core/metrics.py) for queries r0..r1-1, from the blocks' passes.
+
+    s: their similarities; num: R, their positives; t_first, t_last: the best and the R-th best positive's similarity;
+    caps: the most items a row may extract. tau bounds the R-th largest similarity from below: the R-th largest of the
+    maxima of `width` column groups over a quarter of the row, raised to t_last. The items >= theta = min(tau, t_first)
+    are counted; where t_first >= tau and the count is at most the cap, they are extracted.
+    Returns (tau (inf without positives), count, row (0-based in the block), col, value) of the extracted items.
+    """
+    at = np.arange(r1 - r0)
+    maxima = -np.sort(-blocks.group_max(s, width, GROUP_STEP), axis=1)
+    tau = np.where(num > 0, np.maximum(maxima[at, np.maximum(num - 1, 0)], t_last), np.inf).astype(np.float32)
+    theta = np.where(num > 0, np.minimum(tau, t_first), np.inf).astype(np.float32)
+    count, found = np.empty(r1 - r0, np.int64), []
+    for c0, c1, part in row_passes(blocks, s, r0, r1):
+        rows = slice(c0 - r0, c1 - r0)
+        count[rows] = blocks.count_ge(part, theta[rows])
+        extract = (t_first[rows] >= tau[rows]) & (count[rows] <= caps[rows])
+        if extract.any():
+            row, col, value = blocks.candidates(part, theta[rows], extract)
+            found.append((row + rows.start, col, value))
+    row, col, value = (np.concatenate(parts) for parts in zip(*found)) if found else (np.empty(0, np.int64),) * 3
+    return tau, count, row, col, value
+
+
 class NumpyBlocks:
     """Blocks on the CPU: the product through NumPy's BLAS; the passes over slices that stay in the cache."""
 
@@ -144,6 +173,11 @@ class NumpyBlocks:
     def count_row(self, s, i, thresholds):
         return np.array([np.count_nonzero(s[i] >= x) for x in thresholds], np.int64)
 
+    def select(self, s, r0, r1, width, num, t_first, t_last, caps):
+        """select_by_passes, by the C pass where it is built (float32 blocks; the same results)."""
+        found = select_kernel.select(s, width, num, t_first, t_last, caps) if s.dtype == np.float32 else None
+        return select_by_passes(self, s, r0, r1, width, num, t_first, t_last, caps) if found is None else found
+
 
 class PaddleBlocks:
     """The same blocks as Paddle tensors on `place`: only counts and candidates come back to the host."""
@@ -191,6 +225,9 @@ class PaddleBlocks:
     def count_row(self, s, i, thresholds):
         above = s[int(i)].unsqueeze(0) >= self._tensor(thresholds[:, None])
         return above.astype("int32").sum(axis=1).numpy().astype(np.int64)
+
+    def select(self, s, r0, r1, width, num, t_first, t_last, caps):
+        return select_by_passes(self, s, r0, r1, width, num, t_first, t_last, caps)
 
 
 @contextlib.contextmanager

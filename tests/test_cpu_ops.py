@@ -12,7 +12,7 @@ from paddle import ParamAttr, nn
 
 import losses
 import models
-from core import cpu_ops, onednn, programs
+from core import cpu_ops, native_build, onednn, programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPSILON, MOMENTUM = 1e-5, 0.9
@@ -141,7 +141,7 @@ def test_only_the_float32_onednn_training_program_runs_on_the_suite_kernels(monk
                                                     "custom_op.momentum_update_": 18}
     assert custom_op_counts("NCHW") == {}
     assert custom_op_counts(onednn.DATA_FORMAT, amp_dtype="bfloat16") == {}
-    monkeypatch.setenv(cpu_ops.SWITCH, "0")
+    monkeypatch.setenv(native_build.SWITCH, "0")
     assert custom_op_counts(onednn.DATA_FORMAT) == {}
 
 

@@ -1,13 +1,31 @@
-"""metrics.retrieval_metrics against a brute-force NumPy ranking (a full sort of every row)."""
+"""metrics.retrieval_metrics against a brute-force NumPy ranking (a full sort of every row), on the C selection pass
+and on NumPy's passes."""
+import os
 import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core import metrics
+from core import metrics, native_build, similarity
 
 KS = (1, 2, 5, 10, 1000)
+
+
+@pytest.fixture(scope="module", autouse=True, params=["c_pass", "numpy_passes"])
+def selection(request):
+    """Every test once with the C selection pass and once with NumPy's (module scope: hypothesis's tests take no
+    fixture of their own, and the module runs once for each)."""
+    from core import select_kernel
+    previous = os.environ.get(native_build.SWITCH)
+    os.environ[native_build.SWITCH] = "1" if request.param == "c_pass" else "0"
+    if request.param == "c_pass" and select_kernel.load() is None:
+        pytest.skip("the C selection pass could not be built here")
+    yield request.param
+    if previous is None:
+        del os.environ[native_build.SWITCH]
+    else:
+        os.environ[native_build.SWITCH] = previous
 
 
 def brute_force(features, labels, ks=KS, gallery_features=None, gallery_labels=None):
@@ -96,7 +114,7 @@ def test_block_sizes_give_identical_results():
 def test_group_bound_and_counting_paths(monkeypatch, groups, step, cap):
     """Small column groups make tau come from many chunks; small caps send rows to the per-positive count."""
     monkeypatch.setattr(metrics, "_GROUPS", groups)
-    monkeypatch.setattr(metrics, "_GROUP_STEP", step)
+    monkeypatch.setattr(similarity, "GROUP_STEP", step)
     monkeypatch.setattr(metrics, "_CAP_BASE", cap[0])
     monkeypatch.setattr(metrics, "_CAP_PER_POSITIVE", cap[1])
     rng = np.random.default_rng(groups + step)
