@@ -10,7 +10,6 @@ median images/s and the median of the rounds' ratios, so that the machine's load
 round, cancels.
 """
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -53,25 +52,11 @@ def parse_args(argv=None):
     return args
 
 
-@contextlib.contextmanager
-def suite_kernels(on):
-    """Programs built inside run on the suite's kernels if `on`, else on Paddle's (the environment switch)."""
-    previous = os.environ.get(native_build.SWITCH)
-    os.environ[native_build.SWITCH] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ[native_build.SWITCH]
-        else:
-            os.environ[native_build.SWITCH] = previous
-
-
 def training_step(model, side, batch_size, loss_name, on):
     """One step of the oneDNN training program (in a scope of its own), as a function of no arguments."""
     loss = LOSSES[loss_name](batch_size)
     scope = paddle.static.Scope()
-    with suite_kernels(on), paddle.static.scope_guard(scope):
+    with native_build.switched(on), paddle.static.scope_guard(scope):
         train_program = programs.build_train_program(model, 0, (3, side, side), loss, 0.01, seed=0,
                                                      data_format=onednn.DATA_FORMAT)
         executor = paddle.static.Executor(paddle.CPUPlace())

@@ -4,7 +4,8 @@
 
 On the same synthetic SOP-shaped features (classes of 2-12 images, 5.35 on average as in the SOP test split;
 unit-norm class centre plus noise) it times, with the peak memory each adds to the process:
-  * metrics.retrieval_metrics: Recall@K for every K, MAP@R and R-Precision;
+  * metrics.retrieval_metrics: Recall@K for every K, MAP@R and R-Precision, with its C selection pass and (if
+    --numpy_passes) on NumPy's passes instead;
   * the bare blocked product F @ F.T (same BLAS, same block rows): the compute lower bound;
   * faiss IndexFlatIP exact search for the max(K) + 1 neighbours Recall@K needs (if faiss-cpu is installed);
   * the original recall_topk algorithm (whole distance matrix, full-row argsort) on the first --argsort_size
@@ -25,7 +26,7 @@ import core  # noqa: E402,F401  (thread count for BLAS, before numpy loads)
 import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
-from core import metrics  # noqa: E402
+from core import metrics, native_build, select_kernel  # noqa: E402
 
 
 def make_parser():
@@ -45,6 +46,8 @@ def make_parser():
              "stays similar. Default: %(default)s.")
     add("--repeat", type=int, default=1,
         help="Best of this many alternating runs of the GEMM and the module. Default: %(default)s.")
+    add("--numpy_passes", type=utility.str2bool, default=True,
+        help="Also time the metrics on NumPy's passes, the C selection pass switched off. Default: True.")
     add("--use_faiss", type=utility.str2bool, default=True, help="Time faiss if installed. Default: True.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
     return parser
@@ -146,14 +149,21 @@ def main(argv=None):
         rows = metrics.block_rows(len(features), args.memory_mb, max_positives)
         print("\nN=%d D=%d, %d classes, block %d rows (--memory_mb=%g)"
               % (len(features), dim, labels[-1] + 1, rows, args.memory_mb), flush=True)
-        gemm, ours = [], []
-        for _ in range(max(1, args.repeat)):  # alternate, so that both see the same machine load
+        passes = [True] + [False] * (args.numpy_passes and select_kernel.load() is not None)
+        gemm, ours = [], {c_pass: [] for c_pass in passes}
+        for _ in range(max(1, args.repeat)):  # alternate, so that all see the same machine load
             gemm.append(measured(bare_gemm, features, rows))
-            ours.append(measured(metrics.retrieval_metrics, features, labels, recall_ks=ks,
-                                 memory_mb=args.memory_mb))
-        result = ours[0][0]
-        table = [("bare blocked GEMM F @ F.T",) + _best(gemm) + ("",),
-                 ("metrics.retrieval_metrics (all metrics)",) + _best(ours) + ("",)]
+            for c_pass in passes:
+                with native_build.switched(c_pass):
+                    ours[c_pass].append(measured(metrics.retrieval_metrics, features, labels, recall_ks=ks,
+                                                 memory_mb=args.memory_mb))
+        result = ours[True][0][0]
+        table = [("bare blocked GEMM F @ F.T",) + _best(gemm) + ("",)]
+        for c_pass in passes:
+            name = "metrics.retrieval_metrics, " + ("C selection pass" if c_pass and select_kernel.load() is not None
+                                                    else "NumPy's passes")
+            same = ours[c_pass][0][0] == result
+            table.append((name,) + _best(ours[c_pass]) + ("" if same else "results DIFFER from the C pass's",))
         print("metrics: " + ", ".join("%s=%.4f" % (k, v) for k, v in result.items() if k.startswith(("r", "m"))))
         if args.use_faiss:
             try:

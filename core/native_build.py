@@ -13,6 +13,7 @@ default ~/.cache/paddle_extensions), named after the version of their source and
 Where a kernel cannot be built (no compiler, no write access), its module warns once and the suite runs on the code
 it replaces. `METRIC_LEARNING_CPU_OPS=0` in the environment keeps every kernel out, to compare or to rule them out.
 """
+import contextlib
 import fcntl
 import glob
 import hashlib
@@ -28,6 +29,21 @@ SWITCH = "METRIC_LEARNING_CPU_OPS"
 
 def switched_on():
     return os.environ.get(SWITCH, "1") != "0"
+
+
+@contextlib.contextmanager
+def switched(on):
+    """Inside, the suite's kernels are used (where built) if `on`, else left out: the environment switch, restored
+    after."""
+    previous = os.environ.get(SWITCH)
+    os.environ[SWITCH] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[SWITCH]
+        else:
+            os.environ[SWITCH] = previous
 
 
 def extension_root():

@@ -1,13 +1,12 @@
 """metrics.retrieval_metrics against a brute-force NumPy ranking (a full sort of every row), on the C selection pass
 and on NumPy's passes."""
-import os
 import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core import metrics, native_build, similarity
+from core import metrics, native_build, select_kernel, similarity
 
 KS = (1, 2, 5, 10, 1000)
 
@@ -16,16 +15,10 @@ KS = (1, 2, 5, 10, 1000)
 def selection(request):
     """Every test once with the C selection pass and once with NumPy's (module scope: hypothesis's tests take no
     fixture of their own, and the module runs once for each)."""
-    from core import select_kernel
-    previous = os.environ.get(native_build.SWITCH)
-    os.environ[native_build.SWITCH] = "1" if request.param == "c_pass" else "0"
-    if request.param == "c_pass" and select_kernel.load() is None:
-        pytest.skip("the C selection pass could not be built here")
-    yield request.param
-    if previous is None:
-        del os.environ[native_build.SWITCH]
-    else:
-        os.environ[native_build.SWITCH] = previous
+    with native_build.switched(request.param == "c_pass"):
+        if request.param == "c_pass" and select_kernel.load() is None:
+            pytest.skip("the C selection pass could not be built here")
+        yield request.param
 
 
 def brute_force(features, labels, ks=KS, gallery_features=None, gallery_labels=None):
