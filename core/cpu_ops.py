@@ -58,7 +58,7 @@ def _compile(staging):
              "extra_ldflags=%r, build_directory=%r)" % (NAME, SOURCE, COMPILE_FLAGS, LINK_FLAGS, staging))
     done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
     if done.returncode != 0:
-        raise native_build.CompileError.from_output(done.stdout + done.stderr, done.returncode)
+        raise native_build.CompileError.from_output("the op's build", done.stdout + done.stderr, done.returncode)
 
 
 def load():

@@ -78,7 +78,7 @@ def built(directory, compile_into, what):
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
             os.rename(staging, directory)
-            utility.log("compiled %s in %.0f s (%s)" % (what, time.time() - start, directory))
+            utility.log("compiled %s in %.1f s (%s)" % (what, time.time() - start, directory))
     return directory
 
 
@@ -86,10 +86,11 @@ class CompileError(RuntimeError):
     """A compiler that failed: the message is its first error line."""
 
     @classmethod
-    def from_output(cls, output, returncode):
+    def from_output(cls, program, output, returncode):
+        """The error of `program`, which printed `output` and exited with `returncode`."""
         lines = [line.strip() for line in output.splitlines() if line.strip()]
         errors = [line for line in lines if "error:" in line]  # the compiler's or setuptools' own words
-        return cls((errors or lines or ["exit status %d" % returncode])[0 if errors else -1])
+        return cls((errors or lines or ["%s exited with status %d" % (program, returncode)])[0 if errors else -1])
 
 
 def warn_unbuilt(what, error, instead):

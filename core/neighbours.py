@@ -4,7 +4,8 @@ A query's K nearest gallery items are those of largest cosine similarity, ties b
 so results never depend on how the work was blocked. Per block of query rows:
 
 1. tau, a lower bound of each row's K-th largest similarity: the K-th largest of the maxima of column groups
-   (K groups whose maxima are >= tau hold K items >= tau), from a quarter of the row as in the metrics;
+   (K groups whose maxima are >= tau hold K items >= tau), from a quarter of the row
+   (similarity.GROUP_STEP) as in the metrics' passes;
 2. one comparison pass extracts the items >= tau, usually a few times K of them, which are sorted exactly;
 3. a row with unusually many items >= tau (ties, collapsed features), or a K above half the group count, takes
    its exact K-th largest similarity as the threshold instead.
@@ -16,7 +17,6 @@ import numpy as np
 from core import similarity
 
 GROUPS = 256                        # column groups of the bound tau (the metrics' default width)
-GROUP_STEP = 4                      # tau reads every 4th chunk of GROUPS columns
 CAP_BASE, CAP_PER_K = 64, 4         # more candidates than this in a row: the exact K-th largest is the threshold
 CANDIDATE_BYTES = 64                # host memory per extracted candidate (indices, values, sort keys)
 
@@ -44,7 +44,7 @@ def top_k(blocks, num_queries, k, rows):
     for r0 in range(0, num_queries, rows):
         r1 = min(r0 + rows, num_queries)
         s = blocks.similarities(r0, r1)
-        maxima = blocks.group_max(s, GROUPS, GROUP_STEP) if grouped else None
+        maxima = blocks.group_max(s, GROUPS, similarity.GROUP_STEP) if grouped else None
         for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
             bound = maxima[c0 - r0:c1 - r0] if grouped else None
             indices[c0:c1], scores[c0:c1] = _select(blocks, part, bound, k)

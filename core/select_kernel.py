@@ -4,7 +4,7 @@ On the CPU the metrics' time beyond the matrix product is the passes over each b
 memory: NumPy's reads every row from memory once for its group maxima and once more to count and extract (a row of
 the SOP test set is 240 KB, the block hundreds of MB). The C pass reads a row from memory once, into the core's cache,
 and does both there; row ranges run on as many threads as the BLAS (ctypes lets go of the GIL while C runs). At SOP
-scale on 2 cores it cut the metrics' time beyond the product from 14% to about 5% (docs/benchmarks.md).
+scale on 2 cores it cut the metrics' wall time beyond the product from 10-16% to 4-6% (docs/benchmarks.md).
 
 The library is compiled with the C compiler (`CC`, by default cc; about 1 s) on first use, as native_build.py builds the
 suite's kernels. Where it cannot be built, one warning says why and the metrics run on NumPy's passes: the same
@@ -40,7 +40,7 @@ def _compile(staging):
     except OSError as error:  # no such compiler
         raise native_build.CompileError("%s: %s" % (command[0], error.strerror)) from None
     if done.returncode != 0:
-        raise native_build.CompileError.from_output(done.stdout + done.stderr, done.returncode)
+        raise native_build.CompileError.from_output(command[0], done.stdout + done.stderr, done.returncode)
 
 
 def load():
