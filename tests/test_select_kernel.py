@@ -1,15 +1,9 @@
-"""select_kernel.py: the C selection pass against NumPy on blocks full of ties, on several threads, and the metrics'
-fallback to NumPy's passes where it cannot be built."""
-import os
-import subprocess
-import sys
-
+"""select_kernel.py: the C selection pass against NumPy on blocks full of ties, on several threads, and switched off
+(its fallback without a compiler: test_native_build.py)."""
 import numpy as np
 import pytest
 
 from core import metrics, native_build, select_kernel, similarity
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(select_kernel.load() is None, reason="the C selection pass could not be built here")
 
@@ -79,23 +73,3 @@ def test_switched_off_the_metrics_run_on_numpys_passes(monkeypatch):
     monkeypatch.setenv(native_build.SWITCH, "0")
     assert select_kernel.load() is None
     assert metrics.retrieval_metrics(features, labels) == on and calls
-
-
-def test_without_a_compiler_the_metrics_warn_once_and_run_on_numpys_passes(tmp_path):
-    script = ("import core, numpy as np\n"
-              "from core import metrics\n"
-              "rng = np.random.default_rng(4)\n"
-              "features, labels = rng.standard_normal((300, 8)).astype(np.float32), rng.integers(0, 60, 300)\n"
-              "for _ in range(2):\n"
-              "    print(metrics.retrieval_metrics(features, labels)['map@r'])\n")
-    env = dict(os.environ, CC="/bin/false", PADDLE_EXTENSION_DIR=str(tmp_path))
-    env.pop(native_build.SWITCH, None)
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rng = np.random.default_rng(4)
-    features, labels = rng.standard_normal((300, 8)).astype(np.float32), rng.integers(0, 60, 300)
-    assert done.stdout.split() == [repr(metrics.retrieval_metrics(features, labels)["map@r"])] * 2
-    warnings = [line for line in done.stderr.splitlines() if "could not build the metrics' selection pass" in line]
-    assert len(warnings) == 1 and "NumPy's passes" in warnings[0], done.stderr[-3000:]
-    assert [name for name in os.listdir(tmp_path) if not name.endswith(".lock")] == []
