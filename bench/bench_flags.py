@@ -1,9 +1,11 @@
 """Flags the benchmarks share: --quick (a smoke test's tiny sizes), names checked against a registry, the toy data
-set's size, and the batch a pair-loss comparison needs. Paddle-free, like utility, so light benchmarks stay light."""
+set's size, the batch a pair-loss comparison needs, and the selection passes a search is timed on. Paddle-free, like
+utility, so light benchmarks stay light."""
 import os
 import sys
 
 import utility
+from core import select_kernel
 
 
 def add_quick_flag(parser, quick_flags):
@@ -73,3 +75,16 @@ def check_pair_batch(args):
                            % args.batch_size)
     if args.xbm_size < args.batch_size:
         utility.flag_error("xbm_size", "must hold a batch: at least --batch_size=%d" % args.batch_size)
+
+
+def add_numpy_passes_flag(parser, what):
+    parser.add_argument("--numpy_passes", type=utility.str2bool, default=True,
+                        help="Also time %s on NumPy's passes, the C selection pass switched off. Default: True." % what)
+
+
+def selection_passes(args):
+    """(uses the C pass, its name) of each timing asked for: the C selection pass (NumPy's passes where it cannot be
+    built), then NumPy's passes if --numpy_passes and the C pass is there to compare with."""
+    if select_kernel.load() is None:
+        return [(False, "NumPy's passes")]
+    return [(True, "C selection pass")] + [(False, "NumPy's passes")] * bool(args.numpy_passes)

@@ -21,12 +21,14 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "bench"))
 
 import core  # noqa: E402,F401  (thread count for BLAS, before numpy loads)
 import numpy as np  # noqa: E402
 
+import bench_flags  # noqa: E402
 import utility  # noqa: E402
-from core import metrics, native_build, select_kernel  # noqa: E402
+from core import metrics, native_build  # noqa: E402
 
 
 def make_parser():
@@ -46,8 +48,7 @@ def make_parser():
              "stays similar. Default: %(default)s.")
     add("--repeat", type=int, default=1,
         help="Best of this many alternating runs of the GEMM and the module. Default: %(default)s.")
-    add("--numpy_passes", type=utility.str2bool, default=True,
-        help="Also time the metrics on NumPy's passes, the C selection pass switched off. Default: True.")
+    bench_flags.add_numpy_passes_flag(parser, "the metrics")
     add("--use_faiss", type=utility.str2bool, default=True, help="Time faiss if installed. Default: True.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
     return parser
@@ -149,21 +150,20 @@ def main(argv=None):
         rows = metrics.block_rows(len(features), args.memory_mb, max_positives)
         print("\nN=%d D=%d, %d classes, block %d rows (--memory_mb=%g)"
               % (len(features), dim, labels[-1] + 1, rows, args.memory_mb), flush=True)
-        passes = [True] + [False] * (args.numpy_passes and select_kernel.load() is not None)
-        gemm, ours = [], {c_pass: [] for c_pass in passes}
+        passes = bench_flags.selection_passes(args)
+        gemm, ours = [], {c_pass: [] for c_pass, _ in passes}
         for _ in range(max(1, args.repeat)):  # alternate, so that all see the same machine load
             gemm.append(measured(bare_gemm, features, rows))
-            for c_pass in passes:
+            for c_pass, _ in passes:
                 with native_build.switched(c_pass):
                     ours[c_pass].append(measured(metrics.retrieval_metrics, features, labels, recall_ks=ks,
                                                  memory_mb=args.memory_mb))
-        result = ours[True][0][0]
+        result = ours[passes[0][0]][0][0]
         table = [("bare blocked GEMM F @ F.T",) + _best(gemm) + ("",)]
-        for c_pass in passes:
-            name = "metrics.retrieval_metrics, " + ("C selection pass" if c_pass and select_kernel.load() is not None
-                                                    else "NumPy's passes")
+        for c_pass, name in passes:
             same = ours[c_pass][0][0] == result
-            table.append((name,) + _best(ours[c_pass]) + ("" if same else "results DIFFER from the C pass's",))
+            table.append(("metrics.retrieval_metrics, " + name,) + _best(ours[c_pass])
+                         + ("" if same else "results DIFFER from the C pass's",))
         print("metrics: " + ", ".join("%s=%.4f" % (k, v) for k, v in result.items() if k.startswith(("r", "m"))))
         if args.use_faiss:
             try:

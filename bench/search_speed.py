@@ -8,11 +8,11 @@ queries searched as one batch), the peak memory it adds to the process, and reca
   * the bare blocked product Q @ G.T through NumPy's BLAS, in the blocks exact search uses: the lower bound;
   * neighbours.ExactIndex (what search.py query does without faiss): build = normalising and padding the gallery;
     its results are the reference of the other rows, and are checked on --check_queries queries against a full
-    argpartition of their float64 similarities;
+    argpartition of their float64 similarities; with its C selection pass, and (if --numpy_passes) on NumPy's passes;
   * faiss IndexFlatIP, IndexIVFFlat (--nlist cells, each of --nprobe searched) and IndexHNSWFlat (--hnsw_m links,
     --ef_construction, each of --ef_search), when faiss is installed (pip install faiss-cpu); a structure's build
     time is that of its first row.
-The bare product and exact search alternate --repeat times and keep their best times, so that their ratio compares
+The bare product and exact search alternate --repeat times and keep their best times, so that their ratios compare
 them under the same load; other processes on the machine still make single figures noisy.
 """
 import argparse
@@ -28,8 +28,9 @@ sys.path.insert(0, os.path.join(ROOT, "bench"))
 import core  # noqa: E402,F401  (thread count for BLAS, before numpy loads)
 import numpy as np  # noqa: E402
 
+import bench_flags  # noqa: E402
 import utility  # noqa: E402
-from core import faiss_search, neighbours, similarity  # noqa: E402
+from core import faiss_search, native_build, neighbours, similarity  # noqa: E402
 from eval_speed import measured  # noqa: E402
 
 GENERATE_CHUNK_ROWS = 65536
@@ -58,6 +59,7 @@ def make_parser():
         "each. Default: 64,256.")
     add("--repeat", type=int, default=2, help="Best of this many alternating runs of the bare product and exact "
         "search, which the table compares. Default: %(default)s.")
+    bench_flags.add_numpy_passes_flag(parser, "exact search")
     add("--use_faiss", type=utility.str2bool, default=True,
         help="Measure faiss if installed. Default: True.")
     add("--seed", type=int, default=0, help="Default: %(default)s.")
@@ -148,22 +150,27 @@ def main(argv=None):
     index, build_seconds, _, build_mb = measured(neighbours.ExactIndex, gallery, args.memory_mb)
     rows = neighbours.block_rows(len(index.gallery), args.top_k, args.memory_mb,
                                  similarity.NumpyBlocks.bytes_per_element)
-    bare, searched = [], []
-    for _ in range(max(1, args.repeat)):  # alternate, so that both see the same machine load
+    passes = bench_flags.selection_passes(args)
+    bare, searched = [], {c_pass: [] for c_pass, _ in passes}
+    for _ in range(max(1, args.repeat)):  # alternate, so that all see the same machine load
         bare.append(measured(bare_product, queries, gallery, rows))
-        searched.append(measured(index.search, queries, args.top_k))
+        for c_pass, _ in passes:
+            with native_build.switched(c_pass):
+                searched[c_pass].append(measured(index.search, queries, args.top_k))
     del index
-    exact = searched[0][0][0]
+    exact = searched[passes[0][0]][0][0][0]
     bare_seconds, bare_mb = min(run[1] for run in bare), max(run[3] for run in bare)
-    exact_seconds, exact_mb = min(run[1] for run in searched), max(run[3] for run in searched)
     checked = min(args.check_queries, args.num_queries)
     independent = argpartition_top_k(queries[:checked], gallery, args.top_k)
     bare_ms = 1000.0 * bare_seconds / args.num_queries
     table = [row("bare blocked product Q @ G.T (%d query rows a block)" % rows, None, bare_seconds,
-                 args.num_queries, bare_mb, None),
-             row("exact blocked search (neighbours.ExactIndex, %g MB blocks)" % args.memory_mb, build_seconds,
-                 exact_seconds, args.num_queries, max(build_mb, exact_mb),
-                 faiss_search.recall_against(exact[:checked], independent), bare_ms)]
+                 args.num_queries, bare_mb, None)]
+    for c_pass, name in passes:
+        found = searched[c_pass][0][0][0]
+        seconds, mb = min(run[1] for run in searched[c_pass]), max(run[3] for run in searched[c_pass])
+        table.append(row("exact blocked search (neighbours.ExactIndex, %g MB blocks, %s)" % (args.memory_mb, name),
+                         build_seconds, seconds, args.num_queries, max(build_mb, mb),
+                         faiss_search.recall_against(found[:checked], independent), bare_ms))
     print("measured exact search; its recall is against a float64 argpartition of %d queries" % checked, flush=True)
     if args.use_faiss and faiss_search.available():
         table += faiss_rows(args, gallery, queries, exact)

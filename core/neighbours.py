@@ -4,9 +4,10 @@ A query's K nearest gallery items are those of largest cosine similarity, ties b
 so results never depend on how the work was blocked. Per block of query rows:
 
 1. tau, a lower bound of each row's K-th largest similarity: the K-th largest of the maxima of column groups
-   (K groups whose maxima are >= tau hold K items >= tau), from a quarter of the row
-   (similarity.GROUP_STEP) as in the metrics' passes;
-2. one comparison pass extracts the items >= tau, usually a few times K of them, which are sorted exactly;
+   (K groups whose maxima are >= tau hold K items >= tau);
+2. one comparison pass extracts the items >= tau, usually a few times K of them, which are sorted exactly.
+   Steps 1 and 2 are the blocks' `select`, which the retrieval metrics use too (on the CPU a C pass over each row,
+   core/select_kernel.c, where it can be built);
 3. a row with unusually many items >= tau (ties, collapsed features), or a K above half the group count, takes
    its exact K-th largest similarity as the threshold instead.
 
@@ -40,33 +41,35 @@ def top_k(blocks, num_queries, k, rows):
     """
     indices = np.empty((num_queries, k), np.int64)
     scores = np.empty((num_queries, k), np.float32)
-    grouped = 2 * k <= GROUPS
     for r0 in range(0, num_queries, rows):
         r1 = min(r0 + rows, num_queries)
-        s = blocks.similarities(r0, r1)
-        maxima = blocks.group_max(s, GROUPS, similarity.GROUP_STEP) if grouped else None
-        for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
-            bound = maxima[c0 - r0:c1 - r0] if grouped else None
-            indices[c0:c1], scores[c0:c1] = _select(blocks, part, bound, k)
+        indices[r0:r1], scores[r0:r1] = _select(blocks, blocks.similarities(r0, r1), r0, r1, k)
     return indices, scores
 
 
-def _select(blocks, s, maxima, k):
-    """Steps 1-3 of the module docstring for the rows of `s`."""
-    if maxima is not None:
-        tau = -np.partition(-maxima, k - 1, axis=1)[:, k - 1]
-        count = blocks.count_ge(s, tau)
-        exact = (count > candidate_cap(k)) | ~np.isfinite(tau)
-    else:
-        tau, exact = None, np.ones(len(s), bool)
-    if exact.any():
-        kth = blocks.kth_largest(s, k)
-        tau = kth if tau is None else np.where(exact, kth, tau)
-        blocks.count_ge(s, tau)
-    row, col, value = blocks.candidates(s, tau.astype(np.float32), np.ones(len(tau), bool))
+def _select(blocks, s, r0, r1, k):
+    """Steps 1-3 of the module docstring for queries r0..r1-1, whose scores are s."""
+    n = r1 - r0
+    exact, found = np.ones(n, bool), []
+    if 2 * k <= GROUPS:  # steps 1-2: the blocks' selection, as the metrics' with k for R and no positive
+        caps = np.full(n, candidate_cap(k))
+        tau, count, row, col, value = blocks.select(s, r0, r1, GROUPS, np.full(n, k), np.full(n, np.inf, np.float32),
+                                                    np.full(n, -np.inf, np.float32), caps)
+        exact = (count > caps) | ~np.isfinite(tau)
+        kept = ~exact[row]
+        found.append((row[kept], col[kept], value[kept]))
+    if exact.any():  # step 3
+        for c0, c1, part in similarity.row_passes(blocks, s, r0, r1):
+            chosen = exact[c0 - r0:c1 - r0]
+            if chosen.any():
+                kth = blocks.kth_largest(part, k).astype(np.float32)
+                blocks.count_ge(part, kth)
+                row, col, value = blocks.candidates(part, kth, chosen)
+                found.append((row + (c0 - r0), col, value))
+    row, col, value = (np.concatenate(parts) for parts in zip(*found))
     order = np.lexsort((col, -value, row))
     row, col, value = row[order], col[order], value[order]
-    take = np.searchsorted(row, np.arange(len(tau)))[:, None] + np.arange(k)
+    take = np.searchsorted(row, np.arange(n))[:, None] + np.arange(k)
     return col[take], value[take]
 
 

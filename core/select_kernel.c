@@ -1,13 +1,15 @@
-/* The retrieval metrics' selection pass over a block of similarity rows (core/select_kernel.py loads it).
+/* The selection pass over a block of similarity rows that the retrieval metrics and top-k search share
+ * (core/select_kernel.py loads it; core/similarity.py's select_by_passes is the same on NumPy's passes).
  *
- * For each row, steps 2 and 3 of core/metrics.py: tau, the R-th largest of the maxima of `width` column groups (group
- * j is column j of every chunk of `width` columns; R groups give R items >= it), raised to the R-th best positive's
- * similarity; then the items >= theta = min(tau, best positive) are counted, and extracted where the best positive is
- * among them (it is >= tau) and they are no more than the row's cap.
+ * For each row: tau, the num-th largest of the maxima of `width` column groups (group j is column j of every chunk of
+ * `width` columns; num groups give num items >= it), raised to t_last (the metrics: the R-th best positive's
+ * similarity; top-k: -inf); then the items >= theta = min(tau, t_first) are counted, and extracted where
+ * t_first >= tau (the metrics: the best positive is among them; top-k: t_first is +inf) and they are no more than
+ * the row's cap.
  *
  * A row of the SOP test set is 240 KB: the first reading (the maxima) brings it from memory into the core's cache, the
- * second (count and extraction) reads it from there. NumPy's passes read each row from memory twice or more and
- * cost as much again (bench/eval_speed.py). The caller runs row ranges on several threads; this code has no state.
+ * second (count and extraction) reads it from there. NumPy's passes read each row from memory twice and run on one
+ * thread (bench/eval_speed.py). The caller runs row ranges on several threads; this code has no state.
  */
 #include <math.h>
 #include <stdint.h>
@@ -71,10 +73,9 @@ static int64_t count_and_store(const float *row, int64_t first, int64_t last, fl
   return count;
 }
 
-/* rows x padded similarities s (row-major; padded a multiple of width); per row: num (R, the positives), t_first and
- * t_last (the best and the R-th best positive's similarity), cap. Out per row: tau (inf without positives), count
- * (items >= theta), found (items extracted into col/value, `stride` slots a row; 0 where not extracted).
- * Returns 0, or -1 where memory ran out. */
+/* rows x padded similarities s (row-major; padded a multiple of width); per row: num, t_first, t_last and cap as
+ * above. Out per row: tau (inf where num is 0), count (items >= theta), found (items extracted into col/value,
+ * `stride` slots a row; 0 where not extracted). Returns 0, or -1 where memory ran out. */
 int select_rows(const float *s, int64_t rows, int64_t padded, int64_t width, const int64_t *num,
                 const float *t_first, const float *t_last, const int64_t *cap, int64_t stride, float *tau,
                 int64_t *count, int64_t *found, int64_t *col, float *value) {

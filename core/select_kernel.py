@@ -1,4 +1,4 @@
-"""The retrieval metrics' selection pass in C (core/select_kernel.c), on every core.
+"""The selection pass of the retrieval metrics and top-k search in C (core/select_kernel.c), on every core.
 
 On the CPU the metrics' time beyond the matrix product is the passes over each block of similarities, bound by
 memory: NumPy's reads every row from memory once for its group maxima and once more to count and extract (a row of
@@ -75,8 +75,8 @@ def threads():
 
 
 def select(s, width, num, t_first, t_last, caps):
-    """The selection of every row of `s` (a C-contiguous rows x padded float32 block; padded a multiple of width):
-    (tau, count, row, col, value) as similarity.select_by_passes returns them; None where the library is not loaded."""
+    """similarity.select_by_passes for every row of `s` (a C-contiguous rows x padded float32 block; padded a multiple
+    of width), the bound over whole rows; None where the library is not loaded."""
     library = load()
     if library is None:
         return None

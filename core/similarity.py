@@ -9,8 +9,8 @@ least one padding row whose similarity is always -inf: a block of similarities t
 equal width, whose maxima bound the K-th largest similarity of a row (`group_max`). A block object owns its
 buffers and offers the few passes the callers combine: the product, gathering columns, group maxima, counting and
 extracting the items at or above a per-row threshold. NumPy blocks go through the BLAS on the CPU; Paddle blocks
-run the same passes as Paddle ops on the CPU or a GPU. The retrieval metrics' selection (`select`) combines them;
-on NumPy blocks a C pass (select_kernel.py) does it in one reading of each row.
+run the same passes as Paddle ops on the CPU or a GPU. The selection that the retrieval metrics and top-k search
+share (`select`) combines them; on NumPy blocks a C pass (select_kernel.py) does it in one reading of each row.
 """
 import contextlib
 import math
@@ -93,13 +93,15 @@ def row_passes(blocks, s, r0, r1):
 
 
 def select_by_passes(blocks, s, r0, r1, width, num, t_first, t_last, caps):
-    """The retrieval metrics' steps 2 and 3 (core/metrics.py) for queries r0..r1-1, from the blocks' passes.
+    """The items of each row that can rank among its first `num`, from the blocks' passes: steps 2 and 3 of the
+    retrieval metrics (core/metrics.py; num: R, t_first and t_last: the best and the R-th best positive's
+    similarity) and steps 1 and 2 of top-k search (core/neighbours.py; num: k, t_first +inf, t_last -inf).
 
-    s: their similarities; num: R, their positives; t_first, t_last: the best and the R-th best positive's similarity;
-    caps: the most items a row may extract. tau bounds the R-th largest similarity from below: the R-th largest of the
-    maxima of `width` column groups over a quarter of the row, raised to t_last. The items >= theta = min(tau, t_first)
-    are counted; where t_first >= tau and the count is at most the cap, they are extracted.
-    Returns (tau (inf without positives), count, row (0-based in the block), col, value) of the extracted items.
+    s: the similarities of queries r0..r1-1; caps: the most items a row may extract. tau bounds the num-th largest
+    similarity of a row from below: the num-th largest of the maxima of `width` column groups over a quarter of the
+    row, raised to t_last (an item of the row, or -inf). The items >= theta = min(tau, t_first) are counted; where
+    t_first >= tau and the count is at most the cap, they are extracted.
+    Returns (tau (inf where num is 0), count, row (0-based in the block), col, value) of the extracted items.
     """
     at = np.arange(r1 - r0)
     maxima = -np.sort(-blocks.group_max(s, width, GROUP_STEP), axis=1)

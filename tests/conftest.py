@@ -42,3 +42,14 @@ def trained_tiny_program():
     tiny = build_tiny_program()
     tiny.train_step()
     return tiny.program, tiny.startup, tiny.executor
+
+
+@pytest.fixture(scope="module", params=["c_pass", "numpy_passes"])
+def selection_pass(request):
+    """The blocks' selection (core/similarity.py) on the C pass, then on NumPy's passes, for a whole module each: the
+    module's tests run twice (module scope, because hypothesis's tests take no function-scoped fixture)."""
+    from core import native_build, select_kernel
+    with native_build.switched(request.param == "c_pass"):
+        if request.param == "c_pass" and select_kernel.load() is None:
+            pytest.skip("the C selection pass could not be built here")
+        yield request.param

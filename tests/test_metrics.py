@@ -6,19 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from core import metrics, native_build, select_kernel, similarity
+from core import metrics, similarity
 
 KS = (1, 2, 5, 10, 1000)
+pytestmark = pytest.mark.usefixtures("selection_pass")  # every test on the C pass and on NumPy's passes
 
 
-@pytest.fixture(scope="module", autouse=True, params=["c_pass", "numpy_passes"])
-def selection(request):
-    """Every test once with the C selection pass and once with NumPy's (module scope: hypothesis's tests take no
-    fixture of their own, and the module runs once for each)."""
-    with native_build.switched(request.param == "c_pass"):
-        if request.param == "c_pass" and select_kernel.load() is None:
-            pytest.skip("the C selection pass could not be built here")
-        yield request.param
 
 
 def brute_force(features, labels, ks=KS, gallery_features=None, gallery_labels=None):

@@ -1,4 +1,5 @@
-"""neighbours.top_k / ExactIndex against a full sort of every row (similarity descending, then gallery index)."""
+"""neighbours.top_k / ExactIndex against a full sort of every row (similarity descending, then gallery index), on the
+C selection pass and on NumPy's passes."""
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -6,6 +7,8 @@ from hypothesis import given, settings, strategies as st
 from core import neighbours, similarity
 
 from test_metrics import tied
+
+pytestmark = pytest.mark.usefixtures("selection_pass")
 
 
 def brute_force(queries, gallery, k, exclude_self=False):

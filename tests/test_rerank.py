@@ -1,4 +1,5 @@
-"""k-reciprocal re-ranking and query expansion against dense float64 NumPy versions written from the papers."""
+"""k-reciprocal re-ranking and query expansion against dense float64 NumPy versions written from the papers, on the C
+selection pass and on NumPy's passes."""
 import tracemalloc
 
 import numpy as np
@@ -7,6 +8,8 @@ import pytest
 from core import metrics, neighbours, rerank, similarity
 
 from test_metrics import tied
+
+pytestmark = pytest.mark.usefixtures("selection_pass")
 
 
 def dense_k_reciprocal(queries, gallery, k1, k2, lambda_value):
