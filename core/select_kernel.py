@@ -81,6 +81,8 @@ def select(s, width, num, t_first, t_last, caps):
     if library is None:
         return None
     rows, padded = s.shape
+    if padded % width or int(np.max(num, initial=0)) > width:
+        raise ValueError("select: %d columns in groups of %d, for up to %d items a row" % (padded, width, np.max(num)))
     num, caps = np.ascontiguousarray(num, np.int64), np.ascontiguousarray(caps, np.int64)
     t_first, t_last = np.ascontiguousarray(t_first, np.float32), np.ascontiguousarray(t_last, np.float32)
     stride = max(int(caps.max()), 1)

@@ -176,8 +176,9 @@ class NumpyBlocks:
         return np.array([np.count_nonzero(s[i] >= x) for x in thresholds], np.int64)
 
     def select(self, s, r0, r1, width, num, t_first, t_last, caps):
-        """select_by_passes, by the C pass where it is built (float32 blocks; the same results)."""
-        found = select_kernel.select(s, width, num, t_first, t_last, caps) if s.dtype == np.float32 else None
+        """select_by_passes, by the C pass where it is built (plain float32 blocks; the same results)."""
+        plain = s.dtype == np.float32 and s.flags.c_contiguous
+        found = select_kernel.select(s, width, num, t_first, t_last, caps) if plain else None
         return select_by_passes(self, s, r0, r1, width, num, t_first, t_last, caps) if found is None else found
 
 

@@ -73,3 +73,11 @@ def test_switched_off_the_metrics_run_on_numpys_passes(monkeypatch):
     monkeypatch.setenv(native_build.SWITCH, "0")
     assert select_kernel.load() is None
     assert metrics.retrieval_metrics(features, labels) == on and calls
+
+
+def test_more_items_a_row_than_groups_is_refused():
+    s = np.zeros((2, 64), np.float32)
+    with pytest.raises(ValueError, match="64 columns in groups of 8, for up to 9 items a row"):
+        select_kernel.select(s, 8, np.array([1, 9]), np.zeros(2), np.zeros(2), np.full(2, 64))
+    with pytest.raises(ValueError, match="64 columns in groups of 24"):
+        select_kernel.select(s, 24, np.array([1, 1]), np.zeros(2), np.zeros(2), np.full(2, 64))
