@@ -1,7 +1,8 @@
 """Builds the suite's compiled kernels once per version, for every process that needs them.
 
 Two kernels are compiled from source on first use: the training program's batch norm and Momentum update
-(cpu_ops.py, a Paddle custom op) and the retrieval metrics' selection pass (select_kernel.py, a plain C library).
+(cpu_ops.py, a Paddle custom op) and the selection pass of the retrieval metrics and top-k search (select_kernel.py,
+a plain C library).
 Both are built here into a directory of their own under Paddle's extension directory (`PADDLE_EXTENSION_DIR`, by
 default ~/.cache/paddle_extensions), named after the version of their source and flags:
 

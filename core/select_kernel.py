@@ -7,8 +7,8 @@ and does both there; row ranges run on as many threads as the BLAS (ctypes lets 
 scale on 2 cores it cut the metrics' wall time beyond the product from 10-16% to 4-6% (docs/benchmarks.md).
 
 The library is compiled with the C compiler (`CC`, by default cc; about 1 s) on first use, as native_build.py builds the
-suite's kernels. Where it cannot be built, one warning says why and the metrics run on NumPy's passes: the same
-results, slower. `METRIC_LEARNING_CPU_OPS=0` keeps it out.
+suite's kernels. Where it cannot be built, one warning says why and the metrics and search run on NumPy's passes:
+the same results, slower. `METRIC_LEARNING_CPU_OPS=0` keeps it out.
 """
 import concurrent.futures
 import ctypes
@@ -21,6 +21,7 @@ import numpy as np
 from core import native_build
 
 NAME = "metric_learning_select"
+WHAT = "the C selection pass"
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "select_kernel.c")
 # Without -fno-trapping-math GCC keeps the comparisons out of the vectorised loops.
 COMPILE_FLAGS = ["-O3", "-fno-trapping-math", "-fPIC", "-shared"]
@@ -52,13 +53,11 @@ def load():
         return _library
     try:
         flags = _compiler() + COMPILE_FLAGS
-        directory = native_build.built(native_build.build_directory(NAME, SOURCE, flags), _compile,
-                                       "the metrics' selection pass")
+        directory = native_build.built(native_build.build_directory(NAME, SOURCE, flags), _compile, WHAT)
         library = ctypes.CDLL(os.path.join(directory, NAME + ".so"))
     except Exception as error:  # a missing compiler or write access: NumPy's passes instead
         _load_failed = True
-        native_build.warn_unbuilt("the metrics' selection pass", error,
-                                  "the retrieval metrics run on NumPy's passes")
+        native_build.warn_unbuilt(WHAT, error, "the retrieval metrics and top-k search run on NumPy's passes")
         return None
     array = np.ctypeslib.ndpointer
     int64, float32 = array(np.int64, flags="C"), array(np.float32, flags="C")
@@ -93,7 +92,7 @@ def select(s, width, num, t_first, t_last, caps):
         part = slice(first, last)
         if library.select_rows(s[part], last - first, padded, width, num[part], t_first[part], t_last[part],
                                caps[part], stride, tau[part], count[part], found[part], col[part], value[part]):
-            raise MemoryError("the metrics' selection pass: out of memory")
+            raise MemoryError(WHAT + ": out of memory")
 
     bounds = np.linspace(0, rows, min(threads(), rows) + 1).astype(int)
     with concurrent.futures.ThreadPoolExecutor(len(bounds) - 1) as pool:
