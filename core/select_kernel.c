@@ -46,12 +46,12 @@ static void group_maxima(const float *row, int64_t padded, int64_t width, float 
     for (int64_t j = 0; j < width; j++) maxima[j] = row[c + j] > maxima[j] ? row[c + j] : maxima[j];
 }
 
-/* Items >= theta in row[first, last); up to `room` of them stored in col/value while `store`. */
-static int64_t count_and_store(const float *row, int64_t first, int64_t last, float theta, int store, int64_t room,
-                               int64_t *col, float *value, int64_t *stored) {
+/* Items >= theta in row[0, n); up to `room` of them stored in col/value while `store`. */
+static int64_t count_and_store(const float *row, int64_t n, float theta, int store, int64_t room, int64_t *col,
+                               float *value, int64_t *stored) {
   int64_t count = 0;
-  int64_t c = first;
-  for (; c + CHUNK <= last; c += CHUNK) {
+  int64_t c = 0;
+  for (; c + CHUNK <= n; c += CHUNK) {
     int found = 0;
     for (int j = 0; j < CHUNK; j++) found += row[c + j] >= theta;
     if (found && store && count + found <= room)
@@ -62,7 +62,7 @@ static int64_t count_and_store(const float *row, int64_t first, int64_t last, fl
         }
     count += found;
   }
-  for (; c < last; c++)
+  for (; c < n; c++)
     if (row[c] >= theta) {
       if (store && count < room) {
         col[*stored] = c;
@@ -95,7 +95,7 @@ int select_rows(const float *s, int64_t rows, int64_t padded, int64_t width, con
     int ranked = t_first[i] >= tau[i];
     float theta = ranked ? tau[i] : t_first[i];
     int64_t stored = 0;
-    count[i] = count_and_store(row, 0, padded, theta, ranked, cap[i], col + i * stride, value + i * stride, &stored);
+    count[i] = count_and_store(row, padded, theta, ranked, cap[i], col + i * stride, value + i * stride, &stored);
     if (ranked && count[i] <= cap[i]) found[i] = stored;
   }
   free(maxima);
