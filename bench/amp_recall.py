@@ -22,6 +22,7 @@ sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
 from bench import bench_flags  # noqa: E402
+from core import programs  # noqa: E402
 from data.make_toy_sop import make_toy_sop  # noqa: E402
 
 DTYPES = {"float32": [], "bfloat16": ["--use_amp=True", "--amp_dtype=bfloat16"]}
@@ -93,6 +94,8 @@ def comparison(curves, recalls, seeds):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not programs.cpu_runs_bfloat16():
+        sys.exit("amp_recall.py: %s, so there is nothing to compare" % programs.NO_CPU_BFLOAT16)
     seeds = args.seeds
     data_dir = bench_flags.toy_set_dir(args)
     make_toy_sop(data_dir, args.train_classes, args.test_classes, image_size=args.image_size, seed=0)

@@ -61,6 +61,9 @@ def print_cpu_tables(groups, torch_median, bf16):
                       % (shape(group), group.batch_size, loss, cell(fast), cell(bfloat16),
                          cell(ratio(bfloat16, fast), 2), cell(torch_float32), cell(torch_bf16),
                          cell(ratio(bfloat16, torch_bf16), 2)))
+    else:
+        print("\nbfloat16 AMP: not timed (--bf16=False, the default where paddle.amp.is_bfloat16_supported('cpu') is "
+              "False)")
     print_feature_table(groups, torch_median, "Feature extraction, images/s (median of rounds): eval.py, infer.py and "
                         "the training scripts' test (Paddle Inference with oneDNN), against Paddle's default kernels",
                         ("oneDNN predictor", "default kernels", "oneDNN / default"))

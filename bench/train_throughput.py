@@ -90,8 +90,8 @@ def make_parser():
     add("--torch", type=utility.str2bool, default=True, help="Time PyTorch if it is installed. Default: True.")
     add("--torch_python", default=sys.executable, help="Python to run PyTorch with, e.g. a virtual environment's with "
         "torch installed. Default: this one.")
-    add("--bf16", type=utility.str2bool, default=True, help="CPU: also time bfloat16 AMP, against PyTorch's bfloat16 "
-        "autocast. Default: True.")
+    add("--bf16", type=utility.str2bool, default=None, help="CPU: also time bfloat16 AMP, against PyTorch's bfloat16 "
+        "autocast. Default: where this CPU runs bfloat16 (AVX512).")
     add("--use_gpu", type=utility.str2bool, default=False, help="Time GPU 0 (a CUDA build of Paddle): float32 and "
         "float16 AMP. Default: False.")
     add("--work_dir", default="/tmp/train_throughput", help="Data sets and checkpoint directory. Default: %(default)s.")
@@ -103,6 +103,10 @@ def parse_args(argv=None):
     args = bench_flags.parse_args(make_parser(), QUICK, argv)
     bench_flags.check_training_grid(args, models.MODELS, losses.LOSSES, ("batch_sizes", "feature_batch_sizes"))
     bench_flags.check_at_least_one(args, ("steps", "e2e_steps", "reference_steps", "rounds", "classes"))
+    if args.bf16 is None:
+        args.bf16 = programs.cpu_runs_bfloat16()
+    elif args.bf16 and not args.use_gpu and not programs.cpu_runs_bfloat16():
+        utility.flag_error("bf16", programs.NO_CPU_BFLOAT16)
     return args
 
 

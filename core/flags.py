@@ -282,6 +282,8 @@ def check_training(args):
                    "--checkpoint=auto, which starts from --pretrained_model when there is no checkpoint yet)")
     if args.use_amp and args.amp_dtype == "float16" and not args.use_gpu:
         flag_error("amp_dtype", "float16 needs --use_gpu=True (Paddle's CPU kernels lack it); on CPU use bfloat16")
+    if args.use_amp and args.amp_dtype == "bfloat16" and not args.use_gpu and not programs.cpu_runs_bfloat16():
+        flag_error("amp_dtype", programs.NO_CPU_BFLOAT16 + ": train in float32 (--use_amp=False) or on a GPU")
     processes = distributed.world_size()
     if args.train_batch_size % processes:
         flag_error("train_batch_size", "%d does not split evenly over the %d processes"

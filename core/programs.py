@@ -25,6 +25,10 @@ MOMENTUM = 0.9
 AMP_DTYPES = ("float16", "bfloat16")
 # float16's first loss scale, halved after every overflowing step and doubled after 1000 good ones (Paddle's rule).
 INITIAL_LOSS_SCALING = 2.0 ** 15
+# Paddle's bfloat16 CPU kernels are oneDNN's, which need AVX512; on a CPU without it (AVX2 only, as AMD's Zen 3) the
+# executor fails mid-step with a bare "std::exception", so training checks first.
+NO_CPU_BFLOAT16 = ("bfloat16 on CPU needs AVX512, which this CPU lacks (paddle.amp.is_bfloat16_supported('cpu') is "
+                   "False)")
 TEST_LOG_EVERY = 20  # batches between the test passes' log lines when no progress bar shows
 
 
@@ -63,6 +67,11 @@ def make_lr_scheduler(base_lr, lr_steps, lr_strategy="piecewise_decay", warmup_i
 
 def _image_input(image_shape):
     return paddle.static.data(name="image", shape=[None] + list(image_shape), dtype="float32")
+
+
+def cpu_runs_bfloat16():
+    """Whether this CPU can run bfloat16 programs."""
+    return paddle.amp.is_bfloat16_supported("cpu")
 
 
 def build_train_program(model_name, embedding_size, image_shape, loss, scheduler, seed, amp_dtype=None,

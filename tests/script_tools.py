@@ -8,10 +8,17 @@ import sys
 import threading
 import time
 
+import pytest
+
 import reader
+from core import programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False"]
+# Where the CPU has no AVX512, bfloat16 training stops at its flag (test_amp checks that) and the tests that train in
+# bfloat16 skip.
+CPU_BFLOAT16 = programs.cpu_runs_bfloat16()
+needs_cpu_bfloat16 = pytest.mark.skipif(not CPU_BFLOAT16, reason=programs.NO_CPU_BFLOAT16)
 
 
 def train_flags(data_dir, save_dir, loss_name="eml", iterations=2, **extra):

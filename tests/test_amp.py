@@ -8,6 +8,7 @@ import pytest
 import losses
 import models
 from core import programs
+from script_tools import CPU_BFLOAT16, needs_cpu_bfloat16
 import train_elem
 
 LOSS_OPS = ("pd_op.exp", "pd_op.log", "pd_op.logsumexp", "pd_op.rsqrt", "pd_op.softmax", "pd_op.sqrt")
@@ -17,6 +18,7 @@ def logged_losses(output):
     return [float(value) for value in re.findall(r"trainbatch \d+, lr [\d.]+, loss ([-\d.e]+)", output)]
 
 
+@needs_cpu_bfloat16
 def test_bfloat16_trains_on_cpu_close_to_float32(toy_root, tmp_path, capsys):
     flags = ["--model=ResNet18", "--image_shape=3,32,32", "--use_gpu=False", "--num_workers=0",
              "--data_dir=%s" % toy_root, "--model_save_dir=%s" % tmp_path, "--loss_name=softmax", "--class_dim=12",
@@ -123,3 +125,13 @@ def test_amp_flag_errors(capsys, flags, message):
         train_elem.main(["--data_dir=unused"] + flags)
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(CPU_BFLOAT16, reason="this CPU runs bfloat16 (test_bfloat16_trains_on_cpu_close_to_float32)")
+def test_bfloat16_on_a_cpu_without_avx512_stops_at_its_flag(capsys):
+    """Rather than a bare "std::exception" from the executor at the first step."""
+    with pytest.raises(SystemExit) as stopped:
+        train_elem.main(["--data_dir=unused", "--use_amp=True", "--amp_dtype=bfloat16", "--use_gpu=False"])
+    assert stopped.value.code == 2
+    assert ("--amp_dtype: bfloat16 on CPU needs AVX512, which this CPU lacks (paddle.amp.is_bfloat16_supported('cpu') "
+            "is False): train in float32 (--use_amp=False) or on a GPU") in capsys.readouterr().err

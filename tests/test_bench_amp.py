@@ -1,9 +1,13 @@
 """bench/amp_recall.py on a tiny data set with two seeds: every run trains, the loss table's rows are the seeds'
 mean logged losses, the Recall@1 table's rows each seed's final figures and their mean, all recomputed here from
 the parsed figures."""
+import pytest
+
 from bench_tools import load_bench, table_rows
+from script_tools import CPU_BFLOAT16, needs_cpu_bfloat16
 
 
+@needs_cpu_bfloat16
 def test_quick_run_compares_the_curves_and_recalls_of_each_seed(tmp_path, capsys):
     bench = load_bench("amp_recall")
     curves, recalls = bench.main(["--quick", "--work_dir=%s" % tmp_path])
@@ -33,3 +37,12 @@ def test_quick_run_compares_the_curves_and_recalls_of_each_seed(tmp_path, capsys
     float32, bfloat16 = ((recalls[dtype][0] + recalls[dtype][1]) / 2 for dtype in ("float32", "bfloat16"))
     assert recall_rows[2][1:] == ["%.2f%%" % (100 * float32), "%.2f%%" % (100 * bfloat16),
                                   "%+.2f points" % (100 * (bfloat16 - float32))]
+
+
+@pytest.mark.skipif(CPU_BFLOAT16, reason="this CPU runs bfloat16 (test_quick_run_compares_...)")
+def test_a_cpu_without_bfloat16_stops_before_training(tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        load_bench("amp_recall").main(["--quick", "--work_dir=%s" % tmp_path])
+    assert stopped.value.code == ("amp_recall.py: bfloat16 on CPU needs AVX512, which this CPU lacks "
+                                  "(paddle.amp.is_bfloat16_supported('cpu') is False), so there is nothing to compare")
+    assert list(tmp_path.iterdir()) == []

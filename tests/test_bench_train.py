@@ -5,6 +5,7 @@ at low rates the rounding alone moves a ratio of rounded figures past any tolera
 import pytest
 
 from bench_tools import load_bench, table_rows
+from script_tools import CPU_BFLOAT16
 
 
 def test_quick_run_prints_a_row_per_loss_and_a_feature_row(tmp_path, capsys):
@@ -24,13 +25,24 @@ def test_quick_run_prints_a_row_per_loss_and_a_feature_row(tmp_path, capsys):
                              "%.1f" % (fast / default), "%.1f" % dynamic, "%.1f" % (fast / dynamic)]
         assert row[11:] == ["-", "-"]  # no PyTorch asked for
     bfloat16 = table_rows(output, 10, "model")
-    assert [row[3] for row in bfloat16] == ["arcmargin", "eml"]
+    if not CPU_BFLOAT16:
+        assert bfloat16 == [] and "bfloat16 AMP: not timed (--bf16=False, the default where" in output
+    else:
+        assert [row[3] for row in bfloat16] == ["arcmargin", "eml"]
     for row in bfloat16:
         fast, low = group.median((row[3], "oneDNN")), group.median((row[3], "bfloat16"))
         assert low > 0 and row[4:7] == ["%.1f" % fast, "%.1f" % low, "%.2f" % (low / fast)]
         assert row[7:] == ["-", "-", "-"]
     (features,) = table_rows(output, 8, "model")
     assert features[:3] == ["ResNet18", "3x32x32", "4"] and min(float(value) for value in features[3:6]) > 0
+
+
+@pytest.mark.skipif(CPU_BFLOAT16, reason="this CPU runs bfloat16")
+def test_bf16_asked_for_on_a_cpu_without_it_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_bench("train_throughput").main(["--quick", "--bf16=True", "--work_dir=%s" % tmp_path])
+    assert stopped.value.code == 2
+    assert "--bf16: bfloat16 on CPU needs AVX512, which this CPU lacks" in capsys.readouterr().err
 
 
 def test_sides_and_batch_sizes_must_pair_up(tmp_path, capsys):

@@ -16,6 +16,7 @@ import search
 import train_pair
 from core import checkpoint, gallery_index, image_ops, samplers, trainer
 from core.flags import check_training
+from script_tools import CPU_BFLOAT16
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "data_parallel_worker.py")
@@ -138,10 +139,12 @@ def assert_stopped_with_one_checkpoint(dump_dir, save_dir, model):
 
 
 def test_pair_loss_processes_get_their_own_class_balanced_share_and_stop_together(toy_root, tmp_path):
-    """eml on ResNet18 in bfloat16 AMP; a SIGTERM to the second process only stops both after the same iteration."""
+    """eml on ResNet18 in bfloat16 AMP (float32 on a CPU without bfloat16); a SIGTERM to the second process only stops
+    both after the same iteration."""
     save_dir = tmp_path / "saved"
+    amp = {"use_amp": True, "amp_dtype": "bfloat16"} if CPU_BFLOAT16 else {}
     flags = run_flags(toy_root, save_dir, model="ResNet18", loss_name="eml", samples_each_class=2,
-                           train_batch_size=8, total_iter_num=10000, lr=0.001, use_amp=True, amp_dtype="bfloat16")
+                      train_batch_size=8, total_iter_num=10000, lr=0.001, **amp)
     launcher = start_and_wait_for_iteration(tmp_path, "train_pair", flags, 2)
     try:
         os.kill(worker_pid(tmp_path, 1), signal.SIGTERM)
