@@ -82,11 +82,25 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
         name=bn_name, data_format=data_format)
     if is_test:
         batch_norm.eval()
-    y = conv(x)
+    y = _train_convolution(conv, x, filter_size, stride, groups, data_format) if not is_test else conv(x)
     if y.dtype == paddle.bfloat16 and not paddle.is_compiled_with_cuda():
         # bfloat16 AMP runs the conv in bfloat16, but CPU builds of Paddle 3.3.1 have no bfloat16 batch norm.
         y = y.astype("float32")
     return cpu_ops.batch_norm(batch_norm, y, relu)
+
+
+def _train_convolution(conv, x, filter_size, stride, groups, data_format):
+    """`conv(x)`, with the centre tap alone when `x` is 1x1: a "same"-padded kxk convolution of a 1x1 activation
+    multiplies every other tap by padding, so the result and all gradients are the same (zero for the other taps).
+    oneDNN's AVX2 kernels cannot take the weight gradient of such a convolution but through im2col and a GEMM nine
+    times its size: ResNet18's last stage at 3x32x32 (the demo's and the tests' input) then cost 200 ms of a 570 ms
+    step on an AVX2 CPU. Training programs only: feature programs, and so exported models, keep the plain conv."""
+    height, width = x.shape[1:3] if data_format == "NHWC" else x.shape[2:4]
+    if filter_size == 1 or (height, width) != (1, 1):
+        return conv(x)
+    centre = filter_size // 2
+    return nn.functional.conv2d(x, conv.weight[:, :, centre:centre + 1, centre:centre + 1], stride=stride,
+                                groups=groups, data_format=data_format)
 
 
 def global_pool_and_embed(x, embedding_size, data_format="NCHW"):

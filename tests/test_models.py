@@ -6,7 +6,7 @@ import paddle
 import pytest
 
 import models
-from models.resnet import conv_bn_layer
+from models.resnet import _train_convolution, conv_bn_layer
 
 RESNET_NAMES = ["ResNet18", "ResNet34", "ResNet50", "ResNet101", "ResNet152"]
 SE_RESNEXT_NAMES = ["SE_ResNeXt50_32x4d", "SE_ResNeXt101_32x4d", "SE_ResNeXt152_64x4d"]
@@ -285,6 +285,54 @@ def test_conv_bn_layer_matches_numpy(is_test):
         np.testing.assert_allclose(moving_mean, 0.9 * values["bn_conv1_mean"] + 0.1 * batch_mean, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(
             moving_variance, 0.9 * values["bn_conv1_variance"] + 0.1 * batch_variance, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("data_format, stride", [("NCHW", 1), ("NHWC", 1), ("NCHW", 2)])
+def test_training_convolves_a_one_by_one_activation_with_the_centre_tap_alone(data_format, stride):
+    """The same output and gradients as the 3x3 convolution, whose other taps only ever multiply padding."""
+    shape = [4, 6, 1, 1] if data_format == "NCHW" else [4, 1, 1, 6]
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, startup):
+        image = paddle.static.data("image", shape, "float32")
+        image.stop_gradient = False
+        conv = paddle.nn.Conv2D(6, 5, 3, stride=stride, padding=1, bias_attr=False, data_format=data_format)
+        centre_only, plain = _train_convolution(conv, image, 3, stride, 1, data_format), conv(image)
+        weighting = paddle.static.data("weighting", [4, 5], "float32")
+        fetched = [centre_only, plain]
+        for output in (centre_only, plain):
+            loss = paddle.sum(paddle.reshape(output, [4, 5]) * weighting)
+            fetched += paddle.static.gradients([loss], [conv.weight, image])
+    assert [op.name() for op in main.global_block().ops].count("pd_op.conv2d") == 2
+    rng = np.random.default_rng(0)
+    x, weighting = rng.standard_normal(shape).astype("float32"), rng.standard_normal((4, 5)).astype("float32")
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    executor.run(startup)
+    centre_only, plain, centre_weight_grad, centre_image_grad, plain_weight_grad, plain_image_grad = executor.run(
+        main, feed={"image": x, "weighting": weighting}, fetch_list=fetched)
+    weights = np.array(paddle.static.global_scope().find_var(conv.weight.name).get_tensor())
+    expected = x.reshape(4, 6).astype("float64") @ weights[:, :, 1, 1].T
+    np.testing.assert_allclose(centre_only.reshape(4, 5), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(centre_only, plain, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(centre_image_grad, plain_image_grad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(centre_weight_grad, plain_weight_grad, rtol=1e-5, atol=1e-6)
+    off_centre = np.ones((3, 3), bool)
+    off_centre[1, 1] = False
+    assert not centre_weight_grad[:, :, off_centre].any() and not plain_weight_grad[:, :, off_centre].any()
+    np.testing.assert_allclose(centre_weight_grad[:, :, 1, 1], weighting.T @ x.reshape(4, 6), rtol=1e-5, atol=1e-6)
+
+
+def test_only_training_programs_take_the_centre_tap():
+    """ResNet18 at 3x32x32 ends in 1x1 activations: its training network slices the last stage's 3x3 weights, its
+    feature network (and so an exported model) convolves with them whole."""
+    def slices(is_test):
+        main = paddle.static.Program()
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(main, paddle.static.Program()):
+            image = paddle.static.data("image", [-1, 3, 32, 32], "float32")
+            models.MODELS["ResNet18"]().net(image, is_test=is_test)
+        return [op.name() for op in main.global_block().ops].count("pd_op.slice")
+
+    assert slices(is_test=False) == 3  # layer 4's three stride-1 3x3 convolutions; its first has a 2x2 input
+    assert slices(is_test=True) == 0
 
 
 @pytest.mark.parametrize("name", ["ResNet18", "ResNet50", "SE_ResNeXt50_32x4d"])

@@ -66,8 +66,9 @@ def test_training_with_onednn_convolutions_takes_the_default_steps(loss):
     fast_losses, fast_velocities = train(loss, use_onednn=True, steps=2)
     # Batch norm over 8 images amplifies float32 rounding: Paddle's default kernels on 1 and on 2 threads agree
     # exactly, but changing the input by one part in a million moves these gradients by up to ~1e-4 as well, and
-    # after a few more steps (eml jumps from 7 to 15 in one) such differences grow to percents.
-    np.testing.assert_allclose(fast_losses, default_losses, rtol=1e-4)
+    # after a few more steps (eml jumps from 7 to 15 in one) such differences grow to percents. eml's second loss
+    # differed by 1.06e-4 on an AVX2 CPU, whose oneDNN kernels round otherwise than AVX512's.
+    np.testing.assert_allclose(fast_losses, default_losses, rtol=2e-4)
     assert len(default_velocities) == 60 + (1 if isinstance(loss, losses.ArcMarginLoss) else 0)
     for name, velocity in default_velocities.items():
         error = np.linalg.norm(fast_velocities[name] - velocity) / np.linalg.norm(velocity)
