@@ -12,8 +12,10 @@ against Paddle's default kernels too), so one pair of runs cannot tell bfloat16'
 are kept in --work_dir.
 """
 import argparse
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -92,6 +94,19 @@ def comparison(curves, recalls, seeds):
     return loss_rows, recall_rows
 
 
+def difference_summary(recall_rows):
+    """The per-seed Recall@1 differences (points) of `comparison`'s rows: their mean, sample standard deviation,
+    standard error and the mean's 95% interval (normal, mean +- 1.96 standard errors); None for the spread of one
+    seed. Whether bfloat16 is within a point of float32 is whether that interval lies inside -1..+1."""
+    differences = [points for seed, float32, bfloat16, points in recall_rows if seed != "mean"]
+    mean_difference = mean(differences)
+    if len(differences) < 2:
+        return mean_difference, None, None, None
+    deviation = statistics.stdev(differences)
+    error = deviation / math.sqrt(len(differences))
+    return mean_difference, deviation, error, (mean_difference - 1.96 * error, mean_difference + 1.96 * error)
+
+
 def main(argv=None):
     args = parse_args(argv)
     if not programs.cpu_runs_bfloat16():
@@ -116,6 +131,10 @@ def main(argv=None):
     print("|---|---:|---:|---:|")
     for seed, float32, bfloat16, points in recall_rows:
         print("| %s | %.2f%% | %.2f%% | %+.2f points |" % (seed, 100 * float32, 100 * bfloat16, points))
+    mean_difference, deviation, error, interval = difference_summary(recall_rows)
+    if deviation is not None:
+        print("\nbf16 - fp32 over %d seeds: %+.2f points, standard deviation %.2f, standard error %.2f, 95%% interval "
+              "%+.2f to %+.2f points" % (len(seeds), mean_difference, deviation, error, *interval))
     sys.stdout.flush()
     return curves, recalls
 

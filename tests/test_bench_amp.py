@@ -1,6 +1,7 @@
 """bench/amp_recall.py on a tiny data set with two seeds: every run trains, the loss table's rows are the seeds'
 mean logged losses, the Recall@1 table's rows each seed's final figures and their mean, all recomputed here from
 the parsed figures."""
+import numpy as np
 import pytest
 
 from bench_tools import load_bench, table_rows
@@ -37,6 +38,21 @@ def test_quick_run_compares_the_curves_and_recalls_of_each_seed(tmp_path, capsys
     float32, bfloat16 = ((recalls[dtype][0] + recalls[dtype][1]) / 2 for dtype in ("float32", "bfloat16"))
     assert recall_rows[2][1:] == ["%.2f%%" % (100 * float32), "%.2f%%" % (100 * bfloat16),
                                   "%+.2f points" % (100 * (bfloat16 - float32))]
+    assert "bf16 - fp32 over 2 seeds: %+.2f points" % (100 * (bfloat16 - float32)) in output
+
+
+def test_the_difference_summary_is_the_seeds_mean_and_its_standard_error():
+    """Last stop's 6 published seeds: differences +4.46, -5.29, +3.47, -4.13, +0.06, +0.50 points."""
+    bench = load_bench("amp_recall")
+    differences = [4.46, -5.29, 3.47, -4.13, 0.06, 0.50]
+    rows = [(str(seed), 0.3, 0.3 + points / 100, points) for seed, points in enumerate(differences)]
+    mean_difference, deviation, error, (low, high) = bench.difference_summary(rows + [("mean", 0.3, 0.3, -0.155)])
+    centred = np.array(differences) - np.mean(differences)
+    assert mean_difference == pytest.approx(-0.155)
+    assert deviation == pytest.approx(np.sqrt(np.sum(centred ** 2) / 5))  # 3.92, as docs/benchmarks.md has it
+    assert error == pytest.approx(deviation / np.sqrt(6))  # 1.60
+    assert (low, high) == pytest.approx((-0.155 - 1.96 * error, -0.155 + 1.96 * error))
+    assert bench.difference_summary(rows[:1]) == (4.46, None, None, None)
 
 
 @pytest.mark.skipif(CPU_BFLOAT16, reason="this CPU runs bfloat16 (test_quick_run_compares_...)")
