@@ -200,6 +200,7 @@ def main(argv=None):
         print("round %d of %d done after %.0f s, load average %.2f"
               % (round_index + 1, args.rounds, time.time() - started, os.getloadavg()[0]), flush=True)
     print_tables(args, runs, step_times, loss_times)
+    return step_times, loss_times
 
 
 if __name__ == "__main__":
