@@ -3,13 +3,16 @@ ends with, from the same seed, batches and initialisation.
 
     python bench/amp_recall.py              # 300 iterations, 3 seeds: about 15 minutes on 2 cores
     python bench/amp_recall.py --quick      # a smoke test on a tiny data set
+    python bench/amp_recall.py --seeds=0,1,2,3,4,5 --reuse_logs=True   # 3 more seeds; 0, 1 and 2 read back
 
 Each run is `train_elem.py` with the demo's settings (ResNet18 at 3x32x32, arcmargin with s = 30, batch 64, lr 0.05,
 random-resized crops of at least 30%), once as it is and once with --use_amp=True --amp_dtype=bfloat16, for each
 seed; the periodic test at the last iteration gives the final Recall@1 on the toy set's test split. Several seeds,
 because on this set one seed's Recall@1 moves by several points with any change of rounding (float32 on oneDNN
 against Paddle's default kernels too), so one pair of runs cannot tell bfloat16's effect from that. The runs' logs
-are kept in --work_dir.
+are kept in --work_dir, each headed by its command line and ended by its exit status; with --reuse_logs=True a run
+whose log holds the same command and exit status 0 is read back instead of trained again, so that a long run of many
+seeds can be stopped, resumed and extended with more seeds.
 """
 import argparse
 import math
@@ -32,6 +35,7 @@ QUICK = ["--iterations=4", "--seeds=0,1", "--display_iter_step=2", "--train_clas
          "--image_size=40", "--batch_size=12"]
 LOSS_LINE = re.compile(r"trainbatch (\d+), lr [\d.]+, loss ([-\d.e]+)")
 RECALL_LINE = re.compile(r"test_img_num \d+, trainbatch (\d+), test_recall ([\d.]+)")
+EXIT_LINE = "exit status: %d\n"
 
 
 def make_parser():
@@ -43,6 +47,9 @@ def make_parser():
     add("--seeds", type=utility.parse_int_list, default=[0, 1, 2],
         help="Comma-separated --seed of the runs, a float32 and a bfloat16 run each. Default: 0,1,2.")
     add("--batch_size", type=int, default=64, help="Training batch. Default: %(default)s.")
+    add("--reuse_logs", type=utility.str2bool, default=False,
+        help="Read back each run whose log in --work_dir has the same command and ended with exit status 0, instead "
+             "of training it again. Default: False.")
     bench_flags.add_toy_set_flags(parser, "/tmp/amp_recall")
     bench_flags.add_quick_flag(parser, QUICK)
     return parser
@@ -63,16 +70,32 @@ def train(args, dtype, seed, data_dir):
                "--save_iter_step=%d" % args.iterations, "--test_batch_size=128", "--crop_scale_min=0.3",
                "--seed=%d" % seed, "--model_save_dir=%s" % os.path.join(args.work_dir, name),
                "--force=True"] + DTYPES[dtype]
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    with open(os.path.join(args.work_dir, "%s.log" % name), "w") as log_file:
-        log_file.write(completed.stdout + completed.stderr)
-    if completed.returncode != 0:
-        raise RuntimeError("train_elem.py, %s, failed (exit %d):\n%s" % (name, completed.returncode,
-                                                                         completed.stderr[-2000:]))
-    losses = {int(iteration): float(loss) for iteration, loss in LOSS_LINE.findall(completed.stdout)}
-    (recall,) = [float(value) for iteration, value in RECALL_LINE.findall(completed.stdout)
-                 if int(iteration) == args.iterations]
+    log_path = os.path.join(args.work_dir, "%s.log" % name)
+    header = "$ %s\n" % " ".join(command)
+    output = finished_run_output(log_path, header) if args.reuse_logs else None
+    if output is None:
+        completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        output = completed.stdout + completed.stderr
+        with utility.atomic_output(log_path) as log_file:
+            log_file.write(header + output + EXIT_LINE % completed.returncode)
+        if completed.returncode != 0:
+            raise RuntimeError("train_elem.py, %s, failed (exit %d):\n%s" % (name, completed.returncode,
+                                                                             completed.stderr[-2000:]))
+    losses = {int(iteration): float(loss) for iteration, loss in LOSS_LINE.findall(output)}
+    (recall,) = [float(value) for iteration, value in RECALL_LINE.findall(output) if int(iteration) == args.iterations]
     return losses, recall
+
+
+def finished_run_output(log_path, header):
+    """The output kept in `log_path` if it is the log of a run of the command in `header` that exited with status 0,
+    else None (no log, a log of other flags, of a failed run, or of a version of this script that kept no header)."""
+    if not os.path.isfile(log_path):
+        return None
+    with open(log_path) as log_file:
+        text = log_file.read()
+    if not (text.startswith(header) and text.endswith(EXIT_LINE % 0)):
+        return None
+    return text[len(header):-len(EXIT_LINE % 0)]
 
 
 def mean(values):

@@ -1,6 +1,8 @@
 """bench/amp_recall.py on a tiny data set with two seeds: every run trains, the loss table's rows are the seeds'
 mean logged losses, the Recall@1 table's rows each seed's final figures and their mean, all recomputed here from
 the parsed figures."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,35 @@ def test_quick_run_compares_the_curves_and_recalls_of_each_seed(tmp_path, capsys
     assert recall_rows[2][1:] == ["%.2f%%" % (100 * float32), "%.2f%%" % (100 * bfloat16),
                                   "%+.2f points" % (100 * (bfloat16 - float32))]
     assert "bf16 - fp32 over 2 seeds: %+.2f points" % (100 * (bfloat16 - float32)) in output
+
+    # Resumed with one more seed: the four finished runs are read back from their logs (their checkpoints, removed
+    # here, are not made again), only seed 2 trains, and the tables cover all three seeds.
+    for dtype in ("float32", "bfloat16"):
+        for seed in (0, 1):
+            shutil.rmtree(tmp_path / ("%s_seed%d" % (dtype, seed)))
+    resumed_curves, resumed_recalls = bench.main(["--quick", "--seeds=0,1,2", "--reuse_logs=True",
+                                                  "--work_dir=%s" % tmp_path])
+    assert "bf16 - fp32 over 3 seeds" in capsys.readouterr().out
+    for dtype in ("float32", "bfloat16"):
+        assert {seed: resumed_curves[dtype][seed] for seed in (0, 1)} == curves[dtype]
+        assert {seed: resumed_recalls[dtype][seed] for seed in (0, 1)} == recalls[dtype]
+        assert sorted(resumed_curves[dtype][2]) == [2, 4]
+        assert [(tmp_path / ("%s_seed%d" % (dtype, seed))).is_dir() for seed in (0, 1, 2)] == [False, False, True]
+
+
+def test_only_the_log_of_a_finished_run_of_the_same_command_is_read_back(tmp_path):
+    bench = load_bench("amp_recall")
+    log_path, header = str(tmp_path / "float32_seed0.log"), "$ python train_elem.py --seed=0\n"
+    assert bench.finished_run_output(log_path, header) is None  # no log yet
+    output = "trainbatch 4, lr 0.05, loss 9.5\ntest_img_num 8, trainbatch 4, test_recall 0.25\n"
+    for kept, read_back in [(header + output + "exit status: 0\n", output),
+                            (header + output + "exit status: 1\n", None),  # a failed run
+                            ("$ python train_elem.py --seed=1\n" + output + "exit status: 0\n", None),  # other flags
+                            (output, None),  # a log of the version of the script that kept no header
+                            (header + output, None)]:  # cut short
+        with open(log_path, "w") as log_file:
+            log_file.write(kept)
+        assert bench.finished_run_output(log_path, header) == read_back
 
 
 def test_the_difference_summary_is_the_seeds_mean_and_its_standard_error():
