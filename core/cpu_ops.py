@@ -1,20 +1,25 @@
-"""The suite's own CPU kernels (core/cpu_ops.cc) for the training program of a oneDNN run: training-mode batch norm
-with its relu (channels-last) and the Momentum update, on every OpenMP thread.
+"""The suite's own CPU kernels for the training program of a oneDNN run, on every OpenMP thread: training-mode batch
+norm with its relu (channels-last) and the Momentum update (cpu_ops.cc), and the convolutions whose outputs have a
+few pixels (conv_ops.cc).
 
 Paddle 3.3.1's CPU batch norm, relu, their gradients and its Momentum update run on one thread, where PyTorch uses
 all of them; on this project's 2-core machine they were a quarter of a ResNet training step on oneDNN
 (docs/benchmarks.md). The kernels here compute what `paddle.nn.BatchNorm2D` followed by relu, and what
 `paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics and velocities:
-programs keep their variables, and checkpoints their names.
+programs keep their variables, and checkpoints their names. oneDNN's convolutions of 2x2 and 1x1 outputs (a
+ResNet's last stages at 3x64x64 and 3x32x32) were slow on both CPUs measured, and on AVX2 their weight gradient took
+30-40 ms a call; `conv2d` runs them as three matrix products over the batch instead, with the same weights.
 
-They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 10 s) as
-native_build.py builds the suite's kernels, and loaded from there after. Where they cannot be built, one warning says
-why and the program runs on Paddle's kernels: slower, the same results within float32 rounding.
+They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 25 s) as
+native_build.py builds the suite's kernels, and loaded from there after; the convolution calls the sgemm of the
+oneDNN library in Paddle's wheel and is left out where that library is not there. Where they cannot be built, one
+warning says why and the program runs on Paddle's kernels: slower, the same results within float32 rounding.
 
-`conv_bn_layer` (models/resnet.py) builds every batch norm through `batch_norm`, and the training optimizer is a
-`Momentum`; only what is built inside `used_for_training(True)` (core/programs.py: the channels-last float32
-training program of a oneDNN run) gets these kernels. `METRIC_LEARNING_CPU_OPS=0` in the environment keeps every
-program on Paddle's kernels (to compare them, as bench/cpu_ops_speed.py does, or to rule these out).
+`conv_bn_layer` (models/resnet.py) builds every convolution through `conv2d` and every batch norm through
+`batch_norm`, and the training optimizer is a `Momentum`; only what is built inside `used_for_training(True)`
+(core/programs.py: the channels-last float32 training program of a oneDNN run) gets these kernels.
+`METRIC_LEARNING_CPU_OPS=0` in the environment keeps every program on Paddle's kernels (to compare them, as
+bench/cpu_ops_speed.py does, or to rule these out).
 """
 import contextlib
 import logging
@@ -32,7 +37,12 @@ from core import native_build
 NAME = "metric_learning_cpu_ops"
 # Parameters with fewer elements stay on Paddle's Momentum update (measured: a custom op costs about 10 us more to run).
 MOMENTUM_MIN_SIZE = 1 << 15
+# Convolutions whose output has at most this many pixels an image run on the suite's (conv_ops.cc); at larger ones
+# Paddle's oneDNN kernel is as fast, and needs no reorder of the activations (docs/benchmarks.md).
+CONV_MAX_OUTPUT_PIXELS = 4
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
+CONV_SOURCE = os.path.join(os.path.dirname(SOURCE), "conv_ops.cc")
+LIBDNNL = "libdnnl.so.3"  # the oneDNN library in Paddle 3.3.1's wheels
 # Without -fno-trapping-math GCC keeps the relu's comparison out of the vectorised loops (10x slower).
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
 # The OpenMP runtime that oneDNN's convolutions run on in Paddle's CPU wheels is the libiomp5 it ships. The kernels
@@ -47,15 +57,26 @@ _load_failed = False
 _in_use = False
 
 
+def _build():
+    """The sources and the compiler and linker flags of the op library: the convolution's only where Paddle's wheel
+    has the oneDNN library whose sgemm it calls."""
+    libs = os.path.dirname(_IOMP)
+    if not os.path.exists(os.path.join(libs, LIBDNNL)):
+        return [SOURCE], COMPILE_FLAGS, LINK_FLAGS
+    return [SOURCE, CONV_SOURCE], COMPILE_FLAGS, LINK_FLAGS + ["-L" + libs, "-l:" + LIBDNNL, "-Wl,-rpath," + libs]
+
+
 def _build_directory():
-    return native_build.build_directory(NAME, SOURCE, COMPILE_FLAGS + LINK_FLAGS)
+    sources, compile_flags, link_flags = _build()
+    return native_build.build_directory(NAME, sources, compile_flags + link_flags)
 
 
 def _compile(staging):
     """Builds the op library into `staging` (native_build.built holds the lock); the compiler's output is kept
     out of the log, its first error line explains a failure."""
-    build = ("from paddle.utils import cpp_extension; cpp_extension.load(name=%r, sources=[%r], extra_cxx_cflags=%r, "
-             "extra_ldflags=%r, build_directory=%r)" % (NAME, SOURCE, COMPILE_FLAGS, LINK_FLAGS, staging))
+    sources, compile_flags, link_flags = _build()
+    build = ("from paddle.utils import cpp_extension; cpp_extension.load(name=%r, sources=%r, extra_cxx_cflags=%r, "
+             "extra_ldflags=%r, build_directory=%r)" % (NAME, sources, compile_flags, link_flags, staging))
     done = subprocess.run([sys.executable, "-c", build], capture_output=True, text=True)
     if done.returncode != 0:
         raise native_build.CompileError.from_output("the op's build", done.stdout + done.stderr, done.returncode)
@@ -110,6 +131,25 @@ def batch_norm(layer, x, relu=False):
                                        float(layer._momentum), float(layer._epsilon), bool(relu))[0]
     y = layer(x)
     return F.relu(y) if relu else y
+
+
+def conv2d(x, weight, stride, padding, groups=1, data_format="NCHW"):
+    """paddle.nn.functional.conv2d without bias or dilation (`stride`, `padding`: an int or [height, width]): on the
+    suite's training convolution (conv_ops.cc) inside `used_for_training` where it applies (NHWC float32, groups 1,
+    an output of at most CONV_MAX_OUTPUT_PIXELS pixels), else on Paddle's."""
+    stride, padding = _pair(stride), _pair(padding)
+    if (data_format == "NHWC" and groups == 1 and x.dtype == paddle.float32 and _wanted()
+            and hasattr(_module, "conv2d_training")):
+        out_pixels = 1
+        for size, kernel, step, pad in zip(x.shape[1:3], weight.shape[2:], stride, padding):
+            out_pixels *= (size + 2 * pad - kernel) // step + 1
+        if out_pixels <= CONV_MAX_OUTPUT_PIXELS:
+            return _module.conv2d_training(x, weight, stride, padding)
+    return F.conv2d(x, weight, stride=stride, padding=padding, groups=groups, data_format=data_format)
+
+
+def _pair(value):
+    return [int(value)] * 2 if np.isscalar(value) else [int(v) for v in value]
 
 
 class Momentum(paddle.optimizer.Momentum):

@@ -52,11 +52,14 @@ def extension_root():
     return os.environ.get("PADDLE_EXTENSION_DIR") or os.path.join(os.path.expanduser("~/.cache"), "paddle_extensions")
 
 
-def build_directory(name, source, flags):
-    """The directory of the build of `source` with `flags` (a list of strings)."""
-    with open(source, "rb") as text:
-        digest = hashlib.sha256(text.read() + " ".join(flags).encode()).hexdigest()[:12]
-    return os.path.join(extension_root(), "%s_%s" % (name, digest))
+def build_directory(name, sources, flags):
+    """The directory of the build of the files `sources` with `flags` (lists of strings)."""
+    digest = hashlib.sha256()
+    for source in sources:
+        with open(source, "rb") as text:
+            digest.update(text.read())
+    digest.update(" ".join(flags).encode())
+    return os.path.join(extension_root(), "%s_%s" % (name, digest.hexdigest()[:12]))
 
 
 def built(directory, compile_into, what):

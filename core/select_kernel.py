@@ -53,7 +53,7 @@ def load():
         return _library
     try:
         flags = _compiler() + COMPILE_FLAGS
-        directory = native_build.built(native_build.build_directory(NAME, SOURCE, flags), _compile, WHAT)
+        directory = native_build.built(native_build.build_directory(NAME, [SOURCE], flags), _compile, WHAT)
         library = ctypes.CDLL(os.path.join(directory, NAME + ".so"))
     except Exception as error:  # a missing compiler or write access: NumPy's passes instead
         _load_failed = True

@@ -90,17 +90,19 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
 
 
 def _train_convolution(conv, x, filter_size, stride, groups, data_format):
-    """`conv(x)`, with the centre tap alone when `x` is 1x1: a "same"-padded kxk convolution of a 1x1 activation
-    multiplies every other tap by padding, so the result and all gradients are the same (zero for the other taps).
-    oneDNN's AVX2 kernels cannot take the weight gradient of such a convolution but through im2col and a GEMM nine
-    times its size: ResNet18's last stage at 3x32x32 (the demo's and the tests' input) then cost 200 ms of a 570 ms
-    step on an AVX2 CPU. Training programs only: feature programs, and so exported models, keep the plain conv."""
+    """`conv(x)` through ``core.cpu_ops.conv2d``: the suite's own kernel for few-pixel outputs in a oneDNN training
+    program, else Paddle's; with the centre tap alone when `x` is 1x1: a "same"-padded kxk convolution of a 1x1
+    activation multiplies every other tap by padding, so the result and all gradients are the same (zero for the other
+    taps). oneDNN's AVX2 kernels cannot take the weight gradient of such a convolution but through im2col and a GEMM
+    nine times its size: ResNet18's last stage at 3x32x32 (the demo's and the tests' input) then cost 200 ms of a
+    570 ms step on an AVX2 CPU. Training programs only: feature programs, and so exported models, keep the plain
+    conv."""
     height, width = x.shape[1:3] if data_format == "NHWC" else x.shape[2:4]
-    if filter_size == 1 or (height, width) != (1, 1):
-        return conv(x)
-    centre = filter_size // 2
-    return nn.functional.conv2d(x, conv.weight[:, :, centre:centre + 1, centre:centre + 1], stride=stride,
-                                groups=groups, data_format=data_format)
+    weight, padding = conv.weight, (filter_size - 1) // 2
+    if filter_size != 1 and (height, width) == (1, 1):
+        centre = filter_size // 2
+        weight, padding = weight[:, :, centre:centre + 1, centre:centre + 1], 0
+    return cpu_ops.conv2d(x, weight, stride, padding, groups, data_format)
 
 
 def global_pool_and_embed(x, embedding_size, data_format="NCHW"):

@@ -1,5 +1,5 @@
-"""cpu_ops.py: the suite's multithreaded batch norm (with its relu) and Momentum update compute what Paddle's do, and
-take the place of Paddle's in the oneDNN training program only (their fallback without a compiler:
+"""cpu_ops.py: the suite's multithreaded batch norm (with its relu), Momentum update and few-pixel convolution compute
+what Paddle's do, and take the place of Paddle's in the oneDNN training program only (their fallback without a compiler:
 test_native_build.py)."""
 import numpy as np
 import paddle
@@ -120,6 +120,77 @@ def test_momentum_update_computes_paddles_momentum_with_l2_decay():
         np.testing.assert_allclose(ours[name], paddles[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+def convolution_reference(x, weights, upstream, stride, padding):
+    """Float64 NumPy convolution of NHWC `x` with OIHW `weights`, and the gradients of sum(out * upstream)."""
+    x, weights, upstream = (a.astype(np.float64) for a in (x, weights, upstream))
+    (stride_h, stride_w), (pad_h, pad_w) = stride, padding
+    padded = np.pad(x, [(0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)])
+    kernel_h, kernel_w = weights.shape[2:]
+    out_h = (padded.shape[1] - kernel_h) // stride_h + 1
+    out_w = (padded.shape[2] - kernel_w) // stride_w + 1
+    out = np.zeros(x.shape[:1] + (out_h, out_w, weights.shape[0]))
+    padded_grad, weights_grad = np.zeros_like(padded), np.zeros_like(weights)
+    for ky in range(kernel_h):
+        for kx in range(kernel_w):
+            window = np.s_[:, ky:ky + stride_h * (out_h - 1) + 1:stride_h, kx:kx + stride_w * (out_w - 1) + 1:stride_w]
+            tap = weights[:, :, ky, kx]  # [out channels, in channels]
+            out += padded[window] @ tap.T
+            padded_grad[window] += upstream @ tap
+            weights_grad[:, :, ky, kx] = np.einsum("nhwo,nhwc->oc", upstream, padded[window])
+    return out, padded_grad[:, pad_h:pad_h + x.shape[1], pad_w:pad_w + x.shape[2]], weights_grad
+
+
+# (batch, input side, in channels, out channels, kernel, stride, padding): ResNet shapes at 2x2 and 1x1 outputs,
+# the centre tap of a 1x1 input, the unpadded 1x1 convolution that needs no unrolling, odd sizes, a 7x7 stem.
+CONVOLUTIONS = [(4, 2, 24, 16, 3, 1, 1), (3, 4, 16, 24, 3, 2, 1), (5, 4, 16, 32, 1, 2, 0), (2, 2, 8, 8, 3, 2, 1),
+                (3, 1, 8, 4, 1, 1, 0), (3, 2, 16, 8, 1, 1, 0), (2, 5, 6, 7, 3, 2, 1), (2, 7, 3, 16, 7, 2, 3),
+                (2, 3, 5, 4, 3, 1, 0)]
+
+
+@pytest.mark.parametrize("batch,side,channels,out_channels,kernel,stride,padding", CONVOLUTIONS)
+def test_training_convolution_computes_the_convolution_and_its_gradients(monkeypatch, batch, side, channels,
+                                                                         out_channels, kernel, stride, padding):
+    paddle.enable_static()
+    monkeypatch.setattr(cpu_ops, "CONV_MAX_OUTPUT_PIXELS", side * side)
+    rng = np.random.default_rng(side * kernel + stride)
+    x_value = rng.standard_normal((batch, side, side, channels)).astype("float32")
+    weights_value = rng.standard_normal((out_channels, channels, kernel, kernel)).astype("float32")
+    program, startup = paddle.static.Program(), paddle.static.Program()
+    with paddle.static.program_guard(program, startup), cpu_ops.used_for_training(True):
+        x = paddle.static.data("x", [None, side, side, channels], "float32")
+        x.stop_gradient = False
+        weights = paddle.static.create_parameter(weights_value.shape, "float32",
+                                                 default_initializer=nn.initializer.Assign(weights_value))
+        out = cpu_ops.conv2d(x, weights, stride, padding, data_format="NHWC")
+        upstream = paddle.static.data("upstream", out.shape, "float32")
+        x_grad, weights_grad = paddle.static.gradients([(out * upstream).sum()], [x, weights])
+    assert [op.name() for op in program.global_block().ops].count("custom_op.conv2d_training") == 1
+    upstream_value = rng.standard_normal([batch] + list(out.shape[1:])).astype("float32")
+    executor = paddle.static.Executor(paddle.CPUPlace())
+    with paddle.static.scope_guard(paddle.static.Scope()):
+        executor.run(startup)
+        for _ in range(2):  # the second run reuses what the first made
+            ours = executor.run(program, feed={"x": x_value, "upstream": upstream_value},
+                                fetch_list=[out, x_grad, weights_grad])
+    expected = convolution_reference(x_value, weights_value, upstream_value, [stride] * 2, [padding] * 2)
+    for name, value, reference in zip(["out", "x_grad", "weights_grad"], ours, expected):
+        assert value.shape == reference.shape, name
+        np.testing.assert_allclose(value, reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max(), err_msg=name)
+
+
+def test_convolutions_with_larger_outputs_stay_on_paddles_kernel():
+    paddle.enable_static()
+    program = paddle.static.Program()
+    with paddle.static.program_guard(program, paddle.static.Program()), cpu_ops.used_for_training(True):
+        weights = paddle.static.create_parameter([8, 8, 3, 3], "float32")
+        for side in (2, 3):  # outputs of 4 and 9 pixels
+            cpu_ops.conv2d(paddle.static.data("x%d" % side, [2, side, side, 8], "float32"), weights, 1, 1,
+                           data_format="NHWC")
+        cpu_ops.conv2d(paddle.static.data("nchw", [2, 8, 2, 2], "float32"), weights, 1, 1)
+    names = [op.name() for op in program.global_block().ops]
+    assert names.count("custom_op.conv2d_training") == 1 and names.count("pd_op.conv2d") == 2
+
+
 def custom_op_counts(data_format, amp_dtype=None, model="ResNet18"):
     paddle.enable_static()
     train_program = programs.build_train_program(model, 0, (3, 32, 32), losses.ArcMarginLoss(class_dim=4), 0.01, 1,
@@ -130,10 +201,13 @@ def custom_op_counts(data_format, amp_dtype=None, model="ResNet18"):
 
 def test_only_the_float32_onednn_training_program_runs_on_the_suite_kernels(monkeypatch):
     # ResNet18: 20 batch norms; 18 of its 61 parameters have 2^15 elements or more (the convolutions but the stem
-    # and two of the three 1x1 projections).
+    # and two of the three 1x1 projections); at 3x32x32 the 10 convolutions of its last two stages have outputs of
+    # 2x2 and 1x1 pixels, the 10 others of 4x4 and more.
     assert custom_op_counts(onednn.DATA_FORMAT) == {"custom_op.batch_norm_relu_": 20,
                                                     "custom_op.batch_norm_relu_grad": 20,
-                                                    "custom_op.momentum_update_": 18}
+                                                    "custom_op.momentum_update_": 18,
+                                                    "custom_op.conv2d_training": 10,
+                                                    "custom_op.conv2d_training_grad": 10}
     assert custom_op_counts("NCHW") == {}
     assert custom_op_counts(onednn.DATA_FORMAT, amp_dtype="bfloat16") == {}
     monkeypatch.setenv(native_build.SWITCH, "0")

@@ -28,19 +28,19 @@ def test_built_once_for_each_version_of_the_source_and_flags(source):
         builds.append(staging)
         open(os.path.join(staging, "kernel.so"), "w").close()
 
-    directory = native_build.build_directory("kernel", source, ["-O3"])
+    directory = native_build.build_directory("kernel", [source], ["-O3"])
     assert os.path.dirname(directory) == os.environ["PADDLE_EXTENSION_DIR"]
     assert native_build.built(directory, compile_into, "a kernel") == directory
     assert native_build.built(directory, compile_into, "a kernel") == directory
     assert len(builds) == 1 and os.listdir(directory) == ["kernel.so"]
-    assert native_build.build_directory("kernel", source, ["-O2"]) != directory
+    assert native_build.build_directory("kernel", [source], ["-O2"]) != directory
     with open(source, "a") as text:
         text.write("int two(void) { return 2; }\n")
-    assert native_build.build_directory("kernel", source, ["-O3"]) != directory
+    assert native_build.build_directory("kernel", [source], ["-O3"]) != directory
 
 
 def test_a_failed_or_killed_build_leaves_nothing_that_looks_finished(source):
-    directory = native_build.build_directory("kernel", source, [])
+    directory = native_build.build_directory("kernel", [source], [])
     os.makedirs(directory + ".partial-1")  # a build killed halfway
 
     def failing(staging):
