@@ -1,15 +1,16 @@
-"""The suite's CPU kernels (core/cpu_ops.py: batch norm with its relu, the Momentum update) against Paddle's own, in
-the training step of a oneDNN run.
+"""The suite's CPU kernels (core/cpu_ops.py: batch norm with its relu, the Momentum update, the few-pixel
+convolution) against Paddle's own, in the training step of a oneDNN run.
 
     python bench/cpu_ops_speed.py --models=ResNet18,ResNet50 --sides=64,224 --batch_sizes=32,8
 
-For each model, input and loss it builds the training program twice in one process, on the suite's kernels and with
-METRIC_LEARNING_CPU_OPS=0 (Paddle's), places both on oneDNN as the scripts do, and times them in turns: --rounds
-rounds of --steps steps each, the order flipped every round, on one pre-made batch. The table shows each program's
-median images/s and the median of the rounds' ratios, so that the machine's load, which moves both alike within a
-round, cancels.
+For each model, input and loss it builds the training program three times in one process: on all the suite's
+kernels, on all but the convolution (cpu_ops.CONV_MAX_OUTPUT_PIXELS = 0), and with METRIC_LEARNING_CPU_OPS=0 (Paddle's
+kernels throughout); places each on oneDNN as the scripts do, and times them in turns: --rounds rounds of --steps steps
+each, the order rotated every round, on one pre-made batch. The table shows each program's median images/s and the
+medians of the rounds' ratios, so that the machine's load, which moves all alike within a round, cancels.
 """
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -40,7 +41,8 @@ def make_parser():
     add = parser.add_argument
     bench_flags.add_training_grid_flags(parser)
     add("--steps", type=int, default=4, help="Timed steps per program and round. Default: %(default)s.")
-    add("--rounds", type=int, default=8, help="Rounds; medians are shown. Default: %(default)s.")
+    add("--rounds", type=int, default=9, help="Rounds (each program first in a third of them); medians are shown. "
+        "Default: %(default)s.")
     bench_flags.add_quick_flag(parser, QUICK_FLAGS)
     return parser
 
@@ -52,11 +54,27 @@ def parse_args(argv=None):
     return args
 
 
-def training_step(model, side, batch_size, loss_name, on):
-    """One step of the oneDNN training program (in a scope of its own), as a function of no arguments."""
+# Each program timed: (the suite's kernels switched on, the largest convolution output they take, in pixels).
+VARIANTS = {"suite": (True, cpu_ops.CONV_MAX_OUTPUT_PIXELS), "without_conv": (True, 0), "paddle": (False, 0)}
+
+
+@contextlib.contextmanager
+def convolutions_up_to(pixels):
+    """Inside, the suite's convolution takes outputs of at most `pixels` pixels."""
+    previous, cpu_ops.CONV_MAX_OUTPUT_PIXELS = cpu_ops.CONV_MAX_OUTPUT_PIXELS, pixels
+    try:
+        yield
+    finally:
+        cpu_ops.CONV_MAX_OUTPUT_PIXELS = previous
+
+
+def training_step(model, side, batch_size, loss_name, variant):
+    """One step of the oneDNN training program of `variant` (in a scope of its own), as a function of no arguments;
+    its `program` attribute is the program."""
+    on, conv_pixels = VARIANTS[variant]
     loss = LOSSES[loss_name](batch_size)
     scope = paddle.static.Scope()
-    with native_build.switched(on), paddle.static.scope_guard(scope):
+    with native_build.switched(on), convolutions_up_to(conv_pixels), paddle.static.scope_guard(scope):
         train_program = programs.build_train_program(model, 0, (3, side, side), loss, 0.01, seed=0,
                                                      data_format=onednn.DATA_FORMAT)
         executor = paddle.static.Executor(paddle.CPUPlace())
@@ -70,24 +88,30 @@ def training_step(model, side, batch_size, loss_name, on):
     def step():
         with paddle.static.scope_guard(scope):
             executor.run(train_program.program, feed=feed, fetch_list=[train_program.loss])
+    step.program = train_program.program
     return step
 
 
-def compare(step_on, step_off, batch_size, steps, rounds):
-    """Images/s of each per round, in turns, order flipped every round (both warmed up first)."""
-    rates = {True: [], False: []}
-    for step in (step_on, step_off):
+def compare(steps_by_variant, batch_size, steps, rounds):
+    """Images/s of each variant per round, in turns, the order rotated every round (all warmed up first)."""
+    names = list(steps_by_variant)
+    rates = {name: [] for name in names}
+    for step in steps_by_variant.values():
         step()
     for round_index in range(rounds):
-        for on in ((True, False) if round_index % 2 == 0 else (False, True)):
-            rates[on].append(images_per_second(step_on if on else step_off, batch_size, steps, warm_up=False))
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            rates[name].append(images_per_second(steps_by_variant[name], batch_size, steps, warm_up=False))
     return rates
 
 
 def summary(rates):
-    """(median images/s on the suite's kernels, on Paddle's, median of the per-round ratios)."""
-    ratios = [on / off for on, off in zip(rates[True], rates[False])]
-    return statistics.median(rates[True]), statistics.median(rates[False]), statistics.median(ratios)
+    """(median images/s on all the suite's kernels, on all but the convolution, on Paddle's; medians of the rounds'
+    ratios of the first to the third and to the second)."""
+    def median_ratio(name):
+        return statistics.median(ours / theirs for ours, theirs in zip(rates["suite"], rates[name]))
+    return (statistics.median(rates["suite"]), statistics.median(rates["without_conv"]),
+            statistics.median(rates["paddle"]), median_ratio("paddle"), median_ratio("without_conv"))
 
 
 def main(argv=None):
@@ -100,13 +124,14 @@ def main(argv=None):
     for model in args.models:
         for side, batch_size in zip(args.sides, args.batch_sizes):
             for loss_name in args.losses:
-                steps = [training_step(model, side, batch_size, loss_name, on) for on in (True, False)]
-                results[(model, side, batch_size, loss_name)] = compare(*steps, batch_size, args.steps, args.rounds)
+                steps = {variant: training_step(model, side, batch_size, loss_name, variant) for variant in VARIANTS}
+                results[(model, side, batch_size, loss_name)] = compare(steps, batch_size, args.steps, args.rounds)
                 print("%s 3x%dx%d batch %d %s done" % (model, side, side, batch_size, loss_name), flush=True)
-    print("\n| model | input | batch | loss | suite's kernels | Paddle's kernels | suite / Paddle |")
-    print("|---|---|---:|---|---:|---:|---:|")
+    print("\n| model | input | batch | loss | suite's kernels | all but the convolution | Paddle's kernels "
+          "| suite / Paddle | suite / all but the convolution |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
     for (model, side, batch_size, loss_name), rates in results.items():
-        print("| %s | 3x%dx%d | %d | %s | %.1f | %.1f | %.3f |"
+        print("| %s | 3x%dx%d | %d | %s | %.1f | %.1f | %.1f | %.3f | %.3f |"
               % ((model, side, side, batch_size, loss_name) + summary(rates)))
     return results
 

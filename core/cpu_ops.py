@@ -102,7 +102,7 @@ def load():
     except Exception as error:  # a missing compiler, headers or write access: Paddle's kernels instead
         _load_failed = True
         native_build.warn_unbuilt("the suite's CPU kernels", error,
-                                  "batch norm and the Momentum update run on Paddle's single-threaded kernels")
+                                  "batch norm, the Momentum update and few-pixel convolutions run on Paddle's kernels")
     return _module
 
 
