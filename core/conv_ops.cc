@@ -1,21 +1,18 @@
-// A training convolution for few-pixel outputs, loaded as a Paddle custom op by core/cpu_ops.py: channels-last
-// float32 activations, OIHW weights, no bias, groups and dilation 1, as Paddle's conv2d computes it.
+// A training convolution for outputs of a few pixels, loaded as a Paddle custom op by core/cpu_ops.py (conv2d, which
+// sends it outputs of at most 2x2 pixels): channels-last float32 activations, OIHW weights, no bias, groups and
+// dilation 1, as Paddle's conv2d computes it.
 //
-// At the 2x2 and 4x4 outputs of a ResNet's last stages at 64 px, oneDNN's direct convolutions find little to
-// parallelise over, and on AVX2 its weight gradient of a padded 3x3 convolution of a 2x2 image falls back to a
-// per-image im2col and GEMM: 30-40 ms a call where the whole convolution is 0.3 GFLOP (docs/benchmarks.md, "Where
-// a training step's time goes now"). Here the batch is unrolled once (im2col: a row per output pixel, a column per
-// input channel and kernel tap) and the forward pass and both gradients are each one matrix product over the whole
-// batch, on oneDNN's own sgemm (the library inside Paddle's wheel, its ISA picked at run time):
+// oneDNN is slow at such outputs, a ResNet's last stage at 64 px: on AVX2 the weight gradient of a padded 3x3
+// convolution of a 2x2 image falls back to a per-image im2col and GEMM, 30-40 ms a call for 0.3 GFLOP
+// (docs/benchmarks.md, "The suite's own CPU kernels"). Here the batch is unrolled once (im2col: a row per output
+// pixel, a column per input channel and kernel tap) and the forward pass and both gradients are each one matrix
+// product over the whole batch, on oneDNN's own sgemm (the library inside Paddle's wheel, its ISA picked at run time):
 //   forward        out[NP, O]   = cols[NP, CT] . W[O, CT]^T
 //   input grad     dcols[NP, CT] = dout[NP, O] . W[O, CT]     then summed back into the image (col2im)
 //   weights grad   dW[O, CT]    = dout[NP, O]^T . cols[NP, CT]
 // where N is the batch, P the output pixels, O the output channels, C the input channels and T the kernel taps;
 // OIHW weights are W[O, CT] as they lie. Padding taps are zero columns: at a 2x2 output of a 3x3 kernel over half
-// the products are with zeros, and it is still several times faster there.
-#include <omp.h>
-
-#include <algorithm>
+// the products are with zeros, and the last stage of ResNet18 still took a quarter of the time it took on oneDNN.
 #include <cstdint>
 #include <cstring>
 #include <memory>
