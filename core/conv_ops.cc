@@ -27,6 +27,11 @@ extern "C" int dnnl_sgemm(char transa, char transb, int64_t m, int64_t n, int64_
 
 namespace {
 
+// The output size along one axis; an unknown input size (-1) stays unknown.
+int64_t OutputSize(int64_t in, int64_t kernel, int stride, int padding) {
+  return in < 0 ? in : (in + 2 * padding - kernel) / stride + 1;
+}
+
 // The geometry of one convolution: NHWC input [n, h, w, c], OIHW weights [o, c, kh, kw], NHWC output [n, oh, ow, o].
 struct Geometry {
   int64_t n, h, w, c, o, kh, kw, oh, ow, stride_h, stride_w, pad_h, pad_w;
@@ -34,8 +39,8 @@ struct Geometry {
   Geometry(const std::vector<int64_t>& x, const std::vector<int64_t>& weights, const std::vector<int>& strides,
            const std::vector<int>& paddings)
       : n(x[0]), h(x[1]), w(x[2]), c(x[3]), o(weights[0]), kh(weights[2]), kw(weights[3]),
-        oh((x[1] + 2 * paddings[0] - weights[2]) / strides[0] + 1),
-        ow((x[2] + 2 * paddings[1] - weights[3]) / strides[1] + 1), stride_h(strides[0]), stride_w(strides[1]),
+        oh(OutputSize(x[1], weights[2], strides[0], paddings[0])),
+        ow(OutputSize(x[2], weights[3], strides[1], paddings[1])), stride_h(strides[0]), stride_w(strides[1]),
         pad_h(paddings[0]), pad_w(paddings[1]) {}
 
   int64_t Rows() const { return n * oh * ow; }
@@ -146,11 +151,8 @@ std::vector<paddle::Tensor> ConvolutionBackward(const paddle::Tensor& x, const p
 std::vector<std::vector<int64_t>> ConvolutionShapes(const std::vector<int64_t>& x, const std::vector<int64_t>& weights,
                                                     const std::vector<int>& strides,
                                                     const std::vector<int>& paddings) {
-  auto size = [](int64_t in, int64_t kernel, int stride, int padding) {
-    return in < 0 ? in : (in + 2 * padding - kernel) / stride + 1;
-  };
-  return {{x[0], size(x[1], weights[2], strides[0], paddings[0]), size(x[2], weights[3], strides[1], paddings[1]),
-           weights[0]}};
+  return {{x[0], OutputSize(x[1], weights[2], strides[0], paddings[0]),
+           OutputSize(x[2], weights[3], strides[1], paddings[1]), weights[0]}};
 }
 
 std::vector<paddle::DataType> ConvolutionDtypes(const paddle::DataType& x, const paddle::DataType& weights) {

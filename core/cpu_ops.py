@@ -37,8 +37,8 @@ from core import native_build
 NAME = "metric_learning_cpu_ops"
 # Parameters with fewer elements stay on Paddle's Momentum update (measured: a custom op costs about 10 us more to run).
 MOMENTUM_MIN_SIZE = 1 << 15
-# Convolutions whose output has at most this many pixels an image run on the suite's (conv_ops.cc); at larger ones
-# Paddle's oneDNN kernel is as fast, and needs no reorder of the activations (docs/benchmarks.md).
+# Convolutions whose output has at most this many pixels an image run on the suite's (conv_ops.cc); taking 4x4
+# outputs as well made whole steps no faster (docs/benchmarks.md, "The suite's own CPU kernels").
 CONV_MAX_OUTPUT_PIXELS = 4
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
 CONV_SOURCE = os.path.join(os.path.dirname(SOURCE), "conv_ops.cc")
