@@ -1,13 +1,15 @@
-"""The suite's CPU kernels (core/cpu_ops.py: batch norm with its relu, the Momentum update, the few-pixel
-convolution) against Paddle's own, in the training step of a oneDNN run.
+"""The suite's CPU kernels (core/cpu_ops.py: batch norm with its relu or a residual block's join, the Momentum update,
+the few-pixel convolution) against Paddle's own, in the training step of a oneDNN run.
 
     python bench/cpu_ops_speed.py --models=ResNet18,ResNet50 --sides=64,224 --batch_sizes=32,8
 
-For each model, input and loss it builds the training program three times in one process: on all the suite's
-kernels, on all but the convolution (cpu_ops.CONV_MAX_OUTPUT_PIXELS = 0), and with METRIC_LEARNING_CPU_OPS=0 (Paddle's
-kernels throughout); places each on oneDNN as the scripts do, and times them in turns: --rounds rounds of --steps steps
-each, the order rotated every round, on one pre-made batch. The table shows each program's median images/s and the
-medians of the rounds' ratios, so that the machine's load, which moves all alike within a round, cancels.
+For each model, input and loss it builds the training program four times in one process: on all the suite's
+kernels, on all but the convolution (cpu_ops.CONV_MAX_OUTPUT_PIXELS = 0), on all but the fused residual joins
+(cpu_ops.FUSE_RESIDUAL_JOINS = False: Paddle's addition and relu after the suite's batch norm), and with
+METRIC_LEARNING_CPU_OPS=0 (Paddle's kernels throughout); places each on oneDNN as the scripts do, and times them in
+turns: --rounds rounds of --steps steps each, the order rotated every round, on one pre-made batch. The table shows
+each program's median images/s and the medians of the rounds' ratios, so that the machine's load, which moves all
+alike within a round, cancels.
 """
 import argparse
 import contextlib
@@ -41,7 +43,7 @@ def make_parser():
     add = parser.add_argument
     bench_flags.add_training_grid_flags(parser)
     add("--steps", type=int, default=4, help="Timed steps per program and round. Default: %(default)s.")
-    add("--rounds", type=int, default=9, help="Rounds (each program first in a third of them); medians are shown. "
+    add("--rounds", type=int, default=8, help="Rounds (each program first in a quarter of them); medians are shown. "
         "Default: %(default)s.")
     bench_flags.add_quick_flag(parser, QUICK_FLAGS)
     return parser
@@ -54,27 +56,31 @@ def parse_args(argv=None):
     return args
 
 
-# Each program timed: (the suite's kernels switched on, the largest convolution output they take, in pixels).
-VARIANTS = {"suite": (True, cpu_ops.CONV_MAX_OUTPUT_PIXELS), "without_conv": (True, 0), "paddle": (False, 0)}
+# Each program timed: (the suite's kernels switched on, the largest convolution output they take in pixels, the
+# residual joins fused into the batch norm).
+VARIANTS = {"suite": (True, cpu_ops.CONV_MAX_OUTPUT_PIXELS, True), "without_conv": (True, 0, True),
+            "without_join": (True, cpu_ops.CONV_MAX_OUTPUT_PIXELS, False), "paddle": (False, 0, False)}
 
 
 @contextlib.contextmanager
-def convolutions_up_to(pixels):
-    """Inside, the suite's convolution takes outputs of at most `pixels` pixels."""
-    previous, cpu_ops.CONV_MAX_OUTPUT_PIXELS = cpu_ops.CONV_MAX_OUTPUT_PIXELS, pixels
+def suite_kernels_taking(conv_pixels, fused_joins):
+    """Inside, the suite's convolution takes outputs of at most `conv_pixels` pixels, and residual joins are fused
+    into the batch norm if `fused_joins`."""
+    previous = cpu_ops.CONV_MAX_OUTPUT_PIXELS, cpu_ops.FUSE_RESIDUAL_JOINS
+    cpu_ops.CONV_MAX_OUTPUT_PIXELS, cpu_ops.FUSE_RESIDUAL_JOINS = conv_pixels, fused_joins
     try:
         yield
     finally:
-        cpu_ops.CONV_MAX_OUTPUT_PIXELS = previous
+        cpu_ops.CONV_MAX_OUTPUT_PIXELS, cpu_ops.FUSE_RESIDUAL_JOINS = previous
 
 
 def training_step(model, side, batch_size, loss_name, variant):
     """One step of the oneDNN training program of `variant` (in a scope of its own), as a function of no arguments;
     its `program` attribute is the program."""
-    on, conv_pixels = VARIANTS[variant]
+    on, conv_pixels, fused_joins = VARIANTS[variant]
     loss = LOSSES[loss_name](batch_size)
     scope = paddle.static.Scope()
-    with native_build.switched(on), convolutions_up_to(conv_pixels), paddle.static.scope_guard(scope):
+    with native_build.switched(on), suite_kernels_taking(conv_pixels, fused_joins), paddle.static.scope_guard(scope):
         train_program = programs.build_train_program(model, 0, (3, side, side), loss, 0.01, seed=0,
                                                      data_format=onednn.DATA_FORMAT)
         executor = paddle.static.Executor(paddle.CPUPlace())
@@ -106,12 +112,13 @@ def compare(steps_by_variant, batch_size, steps, rounds):
 
 
 def summary(rates):
-    """(median images/s on all the suite's kernels, on all but the convolution, on Paddle's; medians of the rounds'
-    ratios of the first to the third and to the second)."""
+    """(median images/s on all the suite's kernels, on all but the convolution, on all but the fused joins, on
+    Paddle's; medians of the rounds' ratios of the first to the fourth, the second and the third)."""
     def median_ratio(name):
         return statistics.median(ours / theirs for ours, theirs in zip(rates["suite"], rates[name]))
     return (statistics.median(rates["suite"]), statistics.median(rates["without_conv"]),
-            statistics.median(rates["paddle"]), median_ratio("paddle"), median_ratio("without_conv"))
+            statistics.median(rates["without_join"]), statistics.median(rates["paddle"]), median_ratio("paddle"),
+            median_ratio("without_conv"), median_ratio("without_join"))
 
 
 def main(argv=None):
@@ -127,11 +134,11 @@ def main(argv=None):
                 steps = {variant: training_step(model, side, batch_size, loss_name, variant) for variant in VARIANTS}
                 results[(model, side, batch_size, loss_name)] = compare(steps, batch_size, args.steps, args.rounds)
                 print("%s 3x%dx%d batch %d %s done" % (model, side, side, batch_size, loss_name), flush=True)
-    print("\n| model | input | batch | loss | suite's kernels | all but the convolution | Paddle's kernels "
-          "| suite / Paddle | suite / all but the convolution |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|")
+    print("\n| model | input | batch | loss | suite's kernels | all but the convolution | all but the fused joins "
+          "| Paddle's kernels | suite / Paddle | suite / all but the convolution | suite / all but the fused joins |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for (model, side, batch_size, loss_name), rates in results.items():
-        print("| %s | 3x%dx%d | %d | %s | %.1f | %.1f | %.1f | %.3f | %.3f |"
+        print("| %s | 3x%dx%d | %d | %s | %.1f | %.1f | %.1f | %.1f | %.3f | %.3f | %.3f |"
               % ((model, side, side, batch_size, loss_name) + summary(rates)))
     return results
 

@@ -1,12 +1,12 @@
 """The suite's own CPU kernels for the training program of a oneDNN run, on every OpenMP thread: training-mode batch
-norm with its relu (channels-last) and the Momentum update (cpu_ops.cc), and the convolutions whose outputs have a
-few pixels (conv_ops.cc).
+norm with its relu, or with a residual block's addition and relu (channels-last, batch_norm_ops.cc), the Momentum
+update (momentum_ops.cc), and the convolutions whose outputs have a few pixels (conv_ops.cc).
 
-Paddle 3.3.1's CPU batch norm, relu, their gradients and its Momentum update run on one thread, where PyTorch uses
-all of them; on this project's 2-core machine they were a quarter of a ResNet training step on oneDNN
-(docs/benchmarks.md). The kernels here compute what `paddle.nn.BatchNorm2D` followed by relu, and what
-`paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics and velocities:
-programs keep their variables, and checkpoints their names. oneDNN's convolutions of 2x2 and 1x1 outputs (a
+Paddle 3.3.1's CPU batch norm, relu, addition, their gradients and its Momentum update run on one thread, where
+PyTorch uses all of them; on this project's 2-core machine they were a quarter of a ResNet training step on oneDNN
+(docs/benchmarks.md). The kernels here compute what `paddle.nn.BatchNorm2D` followed by relu (or by an addition
+and relu), and what `paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics
+and velocities: programs keep their variables, and checkpoints their names. oneDNN's convolutions of 2x2 and 1x1 outputs (a
 ResNet's last stages at 3x64x64 and 3x32x32) were slow on both CPUs measured, and on AVX2 their weight gradient took
 30-40 ms a call; `conv2d` runs them as three matrix products over the batch instead, with the same weights.
 
@@ -16,7 +16,7 @@ oneDNN library in Paddle's wheel and is left out where that library is not there
 warning says why and the program runs on Paddle's kernels: slower, the same results within float32 rounding.
 
 `conv_bn_layer` (models/resnet.py) builds every convolution through `conv2d` and every batch norm through
-`batch_norm`, and the training optimizer is a `Momentum`; only what is built inside `used_for_training(True)`
+`batch_norm`, or `batch_norm_add_relu` where it ends a residual block, and the training optimizer is a `Momentum`; only what is built inside `used_for_training(True)`
 (core/programs.py: the channels-last float32 training program of a oneDNN run) gets these kernels.
 `METRIC_LEARNING_CPU_OPS=0` in the environment keeps every program on Paddle's kernels (to compare them, as
 bench/cpu_ops_speed.py does, or to rule these out).
@@ -40,8 +40,13 @@ MOMENTUM_MIN_SIZE = 1 << 15
 # Convolutions whose output has at most this many pixels an image run on the suite's (conv_ops.cc); taking 4x4
 # outputs as well made whole steps no faster (docs/benchmarks.md, "The suite's own CPU kernels").
 CONV_MAX_OUTPUT_PIXELS = 4
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ops.cc")
-CONV_SOURCE = os.path.join(os.path.dirname(SOURCE), "conv_ops.cc")
+# Residual blocks end in batch_norm_add_relu's fused passes (False: the batch norm, then Paddle's addition and relu;
+# bench/cpu_ops_speed.py times both).
+FUSE_RESIDUAL_JOINS = True
+_HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(_HERE, name) for name in ("batch_norm_ops.cc", "momentum_ops.cc")]
+CONV_SOURCE = os.path.join(_HERE, "conv_ops.cc")
+HEADER = os.path.join(_HERE, "cpu_ops.h")  # included by SOURCES: part of the build's version
 LIBDNNL = "libdnnl.so.3"  # the oneDNN library in Paddle 3.3.1's wheels
 # Without -fno-trapping-math GCC keeps the relu's comparison out of the vectorised loops (10x slower).
 COMPILE_FLAGS = ["-O3", "-fopenmp", "-fno-trapping-math"]
@@ -62,13 +67,13 @@ def _build():
     has the oneDNN library whose sgemm it calls."""
     libs = os.path.dirname(_IOMP)
     if not os.path.exists(os.path.join(libs, LIBDNNL)):
-        return [SOURCE], COMPILE_FLAGS, LINK_FLAGS
-    return [SOURCE, CONV_SOURCE], COMPILE_FLAGS, LINK_FLAGS + ["-L" + libs, "-l:" + LIBDNNL, "-Wl,-rpath," + libs]
+        return SOURCES, COMPILE_FLAGS, LINK_FLAGS
+    return SOURCES + [CONV_SOURCE], COMPILE_FLAGS, LINK_FLAGS + ["-L" + libs, "-l:" + LIBDNNL, "-Wl,-rpath," + libs]
 
 
 def _build_directory():
     sources, compile_flags, link_flags = _build()
-    return native_build.build_directory(NAME, sources, compile_flags + link_flags)
+    return native_build.build_directory(NAME, sources + [HEADER], compile_flags + link_flags)
 
 
 def _compile(staging):
@@ -125,12 +130,25 @@ def _wanted():
 def batch_norm(layer, x, relu=False):
     """`layer(x)` (a paddle.nn.BatchNorm2D), then relu if asked: on these kernels inside `used_for_training` where
     they apply (training mode, NHWC, float32, batch statistics), else on Paddle's."""
-    if (layer.training and layer._data_format == "NHWC" and x.dtype == paddle.float32
-            and not layer._use_global_stats and _wanted()):
+    if _batch_norm_on_suite_kernels(layer, x):
         return _module.batch_norm_relu(x, layer.weight, layer.bias, layer._mean, layer._variance,
                                        float(layer._momentum), float(layer._epsilon), bool(relu))[0]
     y = layer(x)
     return F.relu(y) if relu else y
+
+
+def batch_norm_add_relu(layer, x, residual):
+    """relu(`layer(x)` + `residual`), the end of a residual block: as `batch_norm`, with the addition, the relu and
+    their gradients inside the batch norm's own passes on these kernels."""
+    if FUSE_RESIDUAL_JOINS and _batch_norm_on_suite_kernels(layer, x) and residual.dtype == x.dtype:
+        return _module.batch_norm_add_relu(x, residual, layer.weight, layer.bias, layer._mean, layer._variance,
+                                           float(layer._momentum), float(layer._epsilon))[0]
+    return F.relu(batch_norm(layer, x) + residual)
+
+
+def _batch_norm_on_suite_kernels(layer, x):
+    return (layer.training and layer._data_format == "NHWC" and x.dtype == paddle.float32
+            and not layer._use_global_stats and _wanted())
 
 
 def conv2d(x, weight, stride, padding, groups=1, data_format="NCHW"):

@@ -28,7 +28,6 @@ stay OIHW), only the activations' memory order differs. Training on oneDNN uses 
 convolutions read and write channels-last, so batch norm, relu and pooling then need no layout conversion.
 """
 import paddle
-import paddle.nn.functional as F
 from paddle import ParamAttr, nn
 
 from core import cpu_ops
@@ -65,12 +64,15 @@ def to_data_format(image, data_format):
 
 
 def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, groups=1, relu=False, is_test=False,
-                  data_format="NCHW"):
+                  data_format="NCHW", shortcut=None):
     """Bias-free convolution (``<conv_name>_weights``) followed by batch norm named ``bn_name``; optional relu.
 
     Padding keeps the spatial size for stride 1. ``is_test`` puts the batch norm in inference mode (moving averages).
     ``x`` and the result are in ``data_format``; the weights are OIHW in either. The batch norm and relu are built
     by ``core.cpu_ops.batch_norm``: the suite's multithreaded kernels in a oneDNN training program, else Paddle's.
+    With ``shortcut``, a function that builds a residual block's shortcut, the layer ends the block:
+    relu(batch norm + shortcut()), built by ``core.cpu_ops.batch_norm_add_relu``. The shortcut is built after this
+    layer's parameters, where the original builds it, so that a seeded run starts from the same weights.
     """
     conv = nn.Conv2D(
         channels(x, data_format), num_filters, filter_size, stride=stride, padding=(filter_size - 1) // 2,
@@ -86,6 +88,8 @@ def conv_bn_layer(x, num_filters, filter_size, conv_name, bn_name, stride=1, gro
     if y.dtype == paddle.bfloat16 and not paddle.is_compiled_with_cuda():
         # bfloat16 AMP runs the conv in bfloat16, but CPU builds of Paddle 3.3.1 have no bfloat16 batch norm.
         y = y.astype("float32")
+    if shortcut is not None:
+        return cpu_ops.batch_norm_add_relu(batch_norm, y, shortcut())
     return cpu_ops.batch_norm(batch_norm, y, relu)
 
 
@@ -123,10 +127,11 @@ def _resnet_bn_name(conv_name):
     return "bn_" + conv_name if conv_name == "conv1" else "bn" + conv_name[len("res"):]
 
 
-def _resnet_conv_bn(x, num_filters, filter_size, name, stride=1, relu=False, is_test=False, data_format="NCHW"):
+def _resnet_conv_bn(x, num_filters, filter_size, name, stride=1, relu=False, is_test=False, data_format="NCHW",
+                    shortcut=None):
     """``conv_bn_layer`` with the batch norm named after the conv, ResNet style."""
     return conv_bn_layer(x, num_filters, filter_size, name, _resnet_bn_name(name), stride=stride, relu=relu,
-                         is_test=is_test, data_format=data_format)
+                         is_test=is_test, data_format=data_format, shortcut=shortcut)
 
 
 def _shortcut(x, num_filters, stride, name, is_test, data_format):
@@ -141,8 +146,8 @@ def basic_block(x, width, stride, name, is_test, data_format="NCHW"):
     """Two 3x3 convs (ResNet18/34); the first one strides."""
     y = _resnet_conv_bn(x, width, 3, name + "_branch2a", stride=stride, relu=True, is_test=is_test,
                         data_format=data_format)
-    y = _resnet_conv_bn(y, width, 3, name + "_branch2b", is_test=is_test, data_format=data_format)
-    return F.relu(y + _shortcut(x, width, stride, name, is_test, data_format))
+    return _resnet_conv_bn(y, width, 3, name + "_branch2b", is_test=is_test, data_format=data_format,
+                           shortcut=lambda: _shortcut(x, width, stride, name, is_test, data_format))
 
 
 def bottleneck_block(x, width, stride, name, is_test, data_format="NCHW"):
@@ -151,8 +156,8 @@ def bottleneck_block(x, width, stride, name, is_test, data_format="NCHW"):
     y = _resnet_conv_bn(x, width, 1, name + "_branch2a", relu=True, is_test=is_test, data_format=data_format)
     y = _resnet_conv_bn(y, width, 3, name + "_branch2b", stride=stride, relu=True, is_test=is_test,
                         data_format=data_format)
-    y = _resnet_conv_bn(y, out_channels, 1, name + "_branch2c", is_test=is_test, data_format=data_format)
-    return F.relu(y + _shortcut(x, out_channels, stride, name, is_test, data_format))
+    return _resnet_conv_bn(y, out_channels, 1, name + "_branch2c", is_test=is_test, data_format=data_format,
+                           shortcut=lambda: _shortcut(x, out_channels, stride, name, is_test, data_format))
 
 
 def resnet_block_name(layers, stage, block_index):

@@ -14,64 +14,85 @@ EPSILON, MOMENTUM = 1e-5, 0.9
 pytestmark = pytest.mark.skipif(cpu_ops.load() is None, reason="the suite's CPU kernels could not be built here")
 
 
-def batch_norm_reference(x, scale, bias, w, relu):
-    """Float64 NumPy batch norm over all axes but the last, relu, and the gradients of sum(y * w)."""
+def batch_norm_reference(x, scale, bias, w, relu, residual=None):
+    """Float64 NumPy batch norm over all axes but the last, plus `residual` if given, relu, and the gradients of
+    sum(y * w)."""
     x = x.reshape(-1, x.shape[-1]).astype(np.float64)
     w = w.reshape(x.shape).astype(np.float64)
     mean, var = x.mean(axis=0), x.var(axis=0)
     inv_std = 1 / np.sqrt(var + EPSILON)
     normalised = (x - mean) * inv_std
     y = scale * normalised + bias
+    if residual is not None:
+        y = y + residual.reshape(x.shape)
     g = w * (y > 0) if relu else w
     y = np.maximum(y, 0) if relu else y
     dx = scale * inv_std * (g - g.mean(axis=0) - normalised * (g * normalised).mean(axis=0))
-    return {"y": y, "dx": dx, "dscale": (g * normalised).sum(axis=0), "dbias": g.sum(axis=0), "mean": mean, "var": var}
+    return {"y": y, "dx": dx, "dscale": (g * normalised).sum(axis=0), "dbias": g.sum(axis=0), "mean": mean, "var": var,
+            "dresidual": g}
 
 
-def run_batch_norm(shape, relu, suite_kernels, runs=2):
-    """y, the gradients and the running statistics after `runs` runs of one channels-last batch norm (+ relu)."""
+# How a batch norm ends: as is, with relu, or as a residual block does, relu(batch norm + residual).
+ENDINGS = {"no_relu": "custom_op.batch_norm_relu_", "relu": "custom_op.batch_norm_relu_",
+           "residual": "custom_op.batch_norm_add_relu_"}
+
+
+def run_batch_norm(shape, ending, suite_kernels, runs=2):
+    """y, the gradients and the running statistics after `runs` runs of one channels-last batch norm ending as
+    `ending` says; the residual, when there is one, is fetched as "residual"."""
     paddle.enable_static()
     rng = np.random.default_rng(0)
     x_value = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
     w_value = rng.standard_normal(shape).astype("float32")
+    residual_value = rng.standard_normal(shape).astype("float32")
     program, startup = paddle.static.Program(), paddle.static.Program()
     with paddle.static.program_guard(program, startup), cpu_ops.used_for_training(suite_kernels):
         x = paddle.static.data("x", shape, "float32")
-        x.stop_gradient = False
+        residual = paddle.static.data("residual", shape, "float32")
+        x.stop_gradient = residual.stop_gradient = False
         channels = shape[-1]
         layer = nn.BatchNorm2D(channels, momentum=MOMENTUM, epsilon=EPSILON, data_format="NHWC",
                                weight_attr=ParamAttr(initializer=nn.initializer.Assign(1 + rng.random(channels))),
                                bias_attr=ParamAttr(initializer=nn.initializer.Assign(rng.random(channels) - 0.5)))
-        y = cpu_ops.batch_norm(layer, x, relu)
+        if ending == "residual":
+            y = cpu_ops.batch_norm_add_relu(layer, x, residual)
+        else:
+            y = cpu_ops.batch_norm(layer, x, ending == "relu")
         w = paddle.static.data("w", shape, "float32")
-        dx, dscale, dbias = paddle.static.gradients([(y * w).sum()], [x, layer.weight, layer.bias])
+        gradients = paddle.static.gradients([(y * w).sum()], [x, layer.weight, layer.bias, residual])
     names = [op.name() for op in program.global_block().ops]
-    assert names.count("custom_op.batch_norm_relu_") == int(suite_kernels)
+    assert names.count(ENDINGS[ending]) == int(suite_kernels)
+    fetches = {"y": y, "dx": gradients[0], "dscale": gradients[1], "dbias": gradients[2], "scale": layer.weight,
+               "bias": layer.bias, "mean": layer._mean, "var": layer._variance}
+    if ending == "residual":
+        fetches["dresidual"] = gradients[3]
     executor = paddle.static.Executor(paddle.CPUPlace())
     with paddle.static.scope_guard(paddle.static.Scope()):
         executor.run(startup)
         for _ in range(runs):
-            out = executor.run(program, feed={"x": x_value, "w": w_value},
-                               fetch_list=[y, dx, dscale, dbias, layer.weight, layer.bias, layer._mean,
-                                           layer._variance])
-    return x_value, w_value, dict(zip(["y", "dx", "dscale", "dbias", "scale", "bias", "mean", "var"], out))
+            out = executor.run(program, feed={"x": x_value, "w": w_value, "residual": residual_value},
+                               fetch_list=list(fetches.values()))
+    return x_value, w_value, residual_value, dict(zip(fetches, out))
 
 
-@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
-def test_batch_norm_computes_paddles_batch_norm_and_relu(relu):
+@pytest.mark.parametrize("ending", list(ENDINGS))
+def test_batch_norm_computes_paddles_batch_norm_and_relu(ending):
     shape = [5, 3, 4, 7]  # 60 rows of 7 channels: rows split unevenly over the threads
-    x, w, ours = run_batch_norm(shape, relu, suite_kernels=True)
-    expected = batch_norm_reference(x, ours["scale"], ours["bias"], w, relu)
+    x, w, residual, ours = run_batch_norm(shape, ending, suite_kernels=True)
+    expected = batch_norm_reference(x, ours["scale"], ours["bias"], w, ending != "no_relu",
+                                    residual if ending == "residual" else None)
     np.testing.assert_allclose(ours["y"].reshape(-1, 7), expected["y"], rtol=1e-5, atol=1e-5)
-    for name in ("dx", "dscale", "dbias"):
-        np.testing.assert_allclose(ours[name].reshape(expected[name].shape), expected[name], rtol=1e-4, atol=1e-5,
-                                   err_msg=name)
+    for name in ("dx", "dscale", "dbias", "dresidual"):
+        if name in ours:
+            np.testing.assert_allclose(ours[name].reshape(expected[name].shape), expected[name], rtol=1e-4,
+                                       atol=1e-5, err_msg=name)
     # Two runs from running statistics 0 and 1: the same batch statistics folded in twice, in place.
     np.testing.assert_allclose(ours["mean"], expected["mean"] * (1 - MOMENTUM ** 2), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ours["var"], MOMENTUM ** 2 + expected["var"] * (1 - MOMENTUM ** 2), rtol=1e-5)
-    if relu:
+    if ending != "no_relu":
         assert (ours["y"] == 0).mean() > 0.2  # the relu had something to cut
-    _, _, paddles = run_batch_norm(shape, relu, suite_kernels=False)
+    _, _, _, paddles = run_batch_norm(shape, ending, suite_kernels=False)
+    assert set(paddles) == set(ours)
     for name, value in paddles.items():
         np.testing.assert_allclose(ours[name], value, rtol=1e-4, atol=1e-5, err_msg=name)
 
@@ -200,11 +221,13 @@ def custom_op_counts(data_format, amp_dtype=None, model="ResNet18"):
 
 
 def test_only_the_float32_onednn_training_program_runs_on_the_suite_kernels(monkeypatch):
-    # ResNet18: 20 batch norms; 18 of its 61 parameters have 2^15 elements or more (the convolutions but the stem
+    # ResNet18: 20 batch norms, 8 of them ending a residual block; 18 of its 61 parameters have 2^15 elements or more (the convolutions but the stem
     # and two of the three 1x1 projections); at 3x32x32 the 10 convolutions of its last two stages have outputs of
     # 2x2 and 1x1 pixels, the 10 others of 4x4 and more.
-    assert custom_op_counts(onednn.DATA_FORMAT) == {"custom_op.batch_norm_relu_": 20,
-                                                    "custom_op.batch_norm_relu_grad": 20,
+    assert custom_op_counts(onednn.DATA_FORMAT) == {"custom_op.batch_norm_relu_": 12,
+                                                    "custom_op.batch_norm_relu_grad": 12,
+                                                    "custom_op.batch_norm_add_relu_": 8,
+                                                    "custom_op.batch_norm_add_relu_grad": 8,
                                                     "custom_op.momentum_update_": 18,
                                                     "custom_op.conv2d_training": 10,
                                                     "custom_op.conv2d_training_grad": 10}
