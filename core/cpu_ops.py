@@ -6,9 +6,10 @@ Paddle 3.3.1's CPU batch norm, relu, addition, their gradients and its Momentum 
 PyTorch uses all of them; on this project's 2-core machine they were a quarter of a ResNet training step on oneDNN
 (docs/benchmarks.md). The kernels here compute what `paddle.nn.BatchNorm2D` followed by relu (or by an addition
 and relu), and what `paddle.optimizer.Momentum` with L2 decay, compute, with the same parameters, running statistics
-and velocities: programs keep their variables, and checkpoints their names. oneDNN's convolutions of 2x2 and 1x1 outputs (a
-ResNet's last stages at 3x64x64 and 3x32x32) were slow on both CPUs measured, and on AVX2 their weight gradient took
-30-40 ms a call; `conv2d` runs them as three matrix products over the batch instead, with the same weights.
+and velocities: programs keep their variables, and checkpoints their names. oneDNN's convolutions of 2x2 and 1x1
+outputs (a ResNet's last stages at 3x64x64 and 3x32x32) were slow on both CPUs measured, and on AVX2 their weight
+gradient took 30-40 ms a call; `conv2d` runs them as three matrix products over the batch instead, with the same
+weights.
 
 They are a Paddle custom op, compiled by `paddle.utils.cpp_extension` on first use (g++ needed; about 25 s) as
 native_build.py builds the suite's kernels, and loaded from there after; the convolution calls the sgemm of the
@@ -16,8 +17,9 @@ oneDNN library in Paddle's wheel and is left out where that library is not there
 warning says why and the program runs on Paddle's kernels: slower, the same results within float32 rounding.
 
 `conv_bn_layer` (models/resnet.py) builds every convolution through `conv2d` and every batch norm through
-`batch_norm`, or `batch_norm_add_relu` where it ends a residual block, and the training optimizer is a `Momentum`; only what is built inside `used_for_training(True)`
-(core/programs.py: the channels-last float32 training program of a oneDNN run) gets these kernels.
+`batch_norm`, or `batch_norm_add_relu` where it ends a residual block, and the training optimizer is a `Momentum`;
+only what is built inside `used_for_training(True)` (core/programs.py: the channels-last float32 training program of
+a oneDNN run) gets these kernels.
 `METRIC_LEARNING_CPU_OPS=0` in the environment keeps every program on Paddle's kernels (to compare them, as
 bench/cpu_ops_speed.py does, or to rule these out).
 """
@@ -140,7 +142,7 @@ def batch_norm(layer, x, relu=False):
 def batch_norm_add_relu(layer, x, residual):
     """relu(`layer(x)` + `residual`), the end of a residual block: as `batch_norm`, with the addition, the relu and
     their gradients inside the batch norm's own passes on these kernels."""
-    if FUSE_RESIDUAL_JOINS and _batch_norm_on_suite_kernels(layer, x) and residual.dtype == x.dtype:
+    if FUSE_RESIDUAL_JOINS and _batch_norm_on_suite_kernels(layer, x):
         return _module.batch_norm_add_relu(x, residual, layer.weight, layer.bias, layer._mean, layer._variance,
                                            float(layer._momentum), float(layer._epsilon))[0]
     return F.relu(batch_norm(layer, x) + residual)

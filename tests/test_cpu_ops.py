@@ -221,9 +221,9 @@ def custom_op_counts(data_format, amp_dtype=None, model="ResNet18"):
 
 
 def test_only_the_float32_onednn_training_program_runs_on_the_suite_kernels(monkeypatch):
-    # ResNet18: 20 batch norms, 8 of them ending a residual block; 18 of its 61 parameters have 2^15 elements or more (the convolutions but the stem
-    # and two of the three 1x1 projections); at 3x32x32 the 10 convolutions of its last two stages have outputs of
-    # 2x2 and 1x1 pixels, the 10 others of 4x4 and more.
+    # ResNet18: 20 batch norms, 8 of them ending a residual block; 18 of its 61 parameters have 2^15 elements or more
+    # (the convolutions but the stem and two of the three 1x1 projections); at 3x32x32 the 10 convolutions of its
+    # last two stages have outputs of 2x2 and 1x1 pixels, the 10 others of 4x4 and more.
     assert custom_op_counts(onednn.DATA_FORMAT) == {"custom_op.batch_norm_relu_": 12,
                                                     "custom_op.batch_norm_relu_grad": 12,
                                                     "custom_op.batch_norm_add_relu_": 8,
