@@ -1,5 +1,6 @@
 """Shared test set-up: import the project from the repository root, threads set before Paddle loads; toy data."""
 import os
+import signal
 import sys
 
 import pytest
@@ -9,6 +10,12 @@ sys.path.insert(0, ROOT)
 
 import core  # noqa: E402,F401  (sets the CPU thread count before any test imports Paddle)
 from data.make_toy_sop import make_toy_sop  # noqa: E402
+
+# A shell starts a background job (`make test &` in a script, `nohup ... &`) with Ctrl-C ignored, and the commands the
+# tests start and interrupt would inherit that: they would run on through SIGINT. Any handler here gives them the
+# default a terminal gives (an exec resets handled signals, not ignored ones).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
