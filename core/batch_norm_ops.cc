@@ -155,10 +155,11 @@ void AffineForm(const paddle::Tensor& scale, const paddle::Tensor& bias, const p
   }
 }
 
-void CheckChannelsLast(const paddle::Tensor& x, const paddle::Tensor& scale) {
-  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "batch_norm_relu: x must be float32 on the CPU");
-  PD_CHECK(!x.shape().empty() && x.shape().back() == scale.numel(),
-           "batch_norm_relu: the last axis of x (channels-last) must match the scale's size");
+// `op`: the op's name, for its error messages.
+void CheckChannelsLast(const char* op, const paddle::Tensor& x, const paddle::Tensor& scale) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, op, ": x must be float32 on the CPU");
+  PD_CHECK(!x.shape().empty() && x.shape().back() == scale.numel(), op,
+           ": the last axis of x (channels-last) must match the scale's size");
 }
 
 // The forward pass's per-channel results: the batch statistics the gradient needs, and the normalisation's affine
@@ -168,11 +169,11 @@ struct Normalisation {
   std::vector<float> a, b;
 };
 
-// The batch statistics of channels-last x, with the running statistics updated in place.
-Normalisation BatchStatistics(const paddle::Tensor& x, const paddle::Tensor& scale, const paddle::Tensor& bias,
-                              const paddle::Tensor& mean, const paddle::Tensor& variance, float momentum,
-                              float epsilon) {
-  CheckChannelsLast(x, scale);
+// The batch statistics of channels-last x, with the running statistics updated in place; `op` names the caller.
+Normalisation BatchStatistics(const char* op, const paddle::Tensor& x, const paddle::Tensor& scale,
+                              const paddle::Tensor& bias, const paddle::Tensor& mean, const paddle::Tensor& variance,
+                              float momentum, float epsilon) {
+  CheckChannelsLast(op, x, scale);
   const int64_t channels = scale.numel();
   const int64_t rows = x.numel() / channels;
   const float* xp = x.data<float>();
@@ -226,7 +227,7 @@ std::vector<paddle::Tensor> BatchNormReluForward(const paddle::Tensor& x, const 
                                                  const paddle::Tensor& bias, const paddle::Tensor& mean,
                                                  const paddle::Tensor& variance, float momentum, float epsilon,
                                                  bool relu) {
-  const Normalisation n = BatchStatistics(x, scale, bias, mean, variance, momentum, epsilon);
+  const Normalisation n = BatchStatistics("batch_norm_relu", x, scale, bias, mean, variance, momentum, epsilon);
   const int64_t channels = scale.numel();
   const float* xp = x.data<float>();
   auto y = paddle::empty_like(x);
@@ -306,7 +307,8 @@ std::vector<paddle::Tensor> BatchNormAddReluForward(const paddle::Tensor& x, con
                                                     float momentum, float epsilon) {
   PD_CHECK(residual.shape() == x.shape() && residual.dtype() == x.dtype(),
            "batch_norm_add_relu: the residual must have x's shape and dtype");
-  const Normalisation n = BatchStatistics(x, scale, bias, mean, variance, momentum, epsilon);
+  const Normalisation n =
+      BatchStatistics("batch_norm_add_relu", x, scale, bias, mean, variance, momentum, epsilon);
   const int64_t channels = scale.numel();
   const float* xp = x.data<float>();
   const float* sp = residual.data<float>();

@@ -39,7 +39,7 @@ ENDINGS = {"no_relu": "custom_op.batch_norm_relu_", "relu": "custom_op.batch_nor
 
 def run_batch_norm(shape, ending, suite_kernels, runs=2):
     """y, the gradients and the running statistics after `runs` runs of one channels-last batch norm ending as
-    `ending` says; the residual, when there is one, is fetched as "residual"."""
+    `ending` says; with a residual, its gradient too ("dresidual")."""
     paddle.enable_static()
     rng = np.random.default_rng(0)
     x_value = (rng.standard_normal(shape) * 2 + 0.5).astype("float32")
